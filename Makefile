@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+ and make):
+#   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report)
+#   make test   lint, type-check, test (with the coverage floor) and build the docs
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXAMPLE ?= demo
+
+.PHONY: demo test lint typecheck pytest docs bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m trio_background examples.$(EXAMPLE):app --bind 127.0.0.1:8000 --drain-timeout 10
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pyright --pythonpath $(PY)
+
+pytest: $(STAMP)
+	$(PY) -m pytest --cov --cov-report=term
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .coverage docs/_build

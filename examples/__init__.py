@@ -1,0 +1,1 @@
+"""Runnable example apps: ``python -m trio_background examples.NAME:app``."""

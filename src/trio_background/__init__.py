@@ -1,0 +1,33 @@
+"""FastAPI-style background tasks for trio apps served by Hypercorn.
+
+Tasks added during a request run after its response, in a scope owned by the
+request's own task (so by the server's connection), one after another; sync
+tasks run in worker threads. Shutdown drains or cancels them by one deadline
+and reports what happened to each.
+"""
+
+from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
+from ._middleware import from_scope as from_scope
+from ._records import ShutdownReport as ShutdownReport
+from ._records import TaskRecord as TaskRecord
+from ._serve import serve as serve
+from ._supervisor import Supervisor as Supervisor
+from ._supervisor import SupervisorStatistics as SupervisorStatistics
+from ._tasks import BackgroundTask as BackgroundTask
+from ._tasks import BackgroundTasks as BackgroundTasks
+from ._tasks import TaskState as TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackgroundTask",
+    "BackgroundTasks",
+    "BackgroundTasksMiddleware",
+    "ShutdownReport",
+    "Supervisor",
+    "SupervisorStatistics",
+    "TaskRecord",
+    "TaskState",
+    "from_scope",
+    "serve",
+]

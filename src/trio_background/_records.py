@@ -1,0 +1,163 @@
+"""Plain records of what happened to each task, and the shutdown report.
+
+Records are frozen dataclasses with no references to the task, its
+arguments or its exception, so keeping thousands of them holds no request
+data alive. Times are seconds on trio's clock since the supervisor first ran
+in this trio run, so the same scenario under ``trio.testing.MockClock`` gives
+the same numbers, and the same JSON, every time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._tasks import TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["FINAL_STATES", "ShutdownReport", "TaskRecord"]
+
+FINAL_STATES: tuple[TaskState, ...] = (
+    TaskState.COMPLETED,
+    TaskState.FAILED,
+    TaskState.CANCELLED,
+    TaskState.SKIPPED,
+    TaskState.ABANDONED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """What happened to one task.
+
+    Attributes:
+        id: ``"<batch>.<index>"``: unique within a supervisor's run.
+        name: The task function's qualified name.
+        state: The final :class:`TaskState`.
+        error: ``"ExceptionType: message"`` for a failed task, else None.
+        reason: Why the task was skipped, cancelled or abandoned, else None.
+        request: The request it came from, as ``"METHOD /path"``.
+        batch: The batch's number, in the order batches started.
+        index: The task's position in its batch.
+        started_at: When it started (seconds; None if it never started).
+        ended_at: When it reached its final state (seconds).
+    """
+
+    name: str
+    state: TaskState
+    error: str | None
+    reason: str | None
+    request: str
+    batch: int
+    index: int
+    started_at: float | None
+    ended_at: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.batch}.{self.index}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready data."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["id"] = self.id
+        return data
+
+
+def _empty_counts() -> dict[str, int]:
+    return {state.value: 0 for state in FINAL_STATES}
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What happened to every task of a supervisor's life.
+
+    The counts are exact: ``total == sum(counts.values())`` and every task
+    ever added is counted once. The record lists keep every task that
+    shutdown cut (cancelled, abandoned, or skipped after shutdown began) and
+    the most recent others (see ``Supervisor(keep_records=...)``); a record
+    list can therefore be shorter than its count, never longer.
+
+    Attributes:
+        mode: ``"drain"`` or ``"cancel"``; None if no shutdown was requested
+            (for example the server's own deadline cut the tasks).
+        drain_timeout: The drain timeout in force, or None.
+        shutdown_started_at: When shutdown began (seconds), or None.
+        deadline: The batch deadline (seconds), or None.
+        counts: Exact number of tasks per final state (keys are the
+            :class:`TaskState` values).
+        completed: Records of completed tasks (the most recent).
+        failed: Records of failed tasks (the most recent).
+        cancelled: Records of cancelled tasks.
+        skipped: Records of skipped tasks.
+        abandoned: Records of abandoned tasks.
+    """
+
+    mode: str | None = None
+    drain_timeout: float | None = None
+    shutdown_started_at: float | None = None
+    deadline: float | None = None
+    counts: Mapping[str, int] = field(default_factory=_empty_counts)
+    completed: tuple[TaskRecord, ...] = ()
+    failed: tuple[TaskRecord, ...] = ()
+    cancelled: tuple[TaskRecord, ...] = ()
+    skipped: tuple[TaskRecord, ...] = ()
+    abandoned: tuple[TaskRecord, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """Every task counted, whatever its state."""
+        return sum(self.counts.values())
+
+    @property
+    def all_completed(self) -> bool:
+        """True when every task completed (also when there were none)."""
+        return self.counts[TaskState.COMPLETED.value] == self.total
+
+    def count(self, state: TaskState | str) -> int:
+        """The exact number of tasks that ended in ``state``."""
+        return self.counts[TaskState(state).value]
+
+    def records(self, state: TaskState | str) -> tuple[TaskRecord, ...]:
+        """The kept records for ``state``."""
+        records: tuple[TaskRecord, ...] = getattr(self, TaskState(state).value)
+        return records
+
+    @property
+    def not_completed(self) -> tuple[TaskRecord, ...]:
+        """Kept records of every task that did not complete, in stable order."""
+        merged = self.failed + self.cancelled + self.skipped + self.abandoned
+        return tuple(sorted(merged, key=lambda r: (r.batch, r.index)))
+
+    def summary(self) -> str:
+        """One line for the log: mode, total and each count."""
+        counts = ", ".join(f"{self.counts[s.value]} {s.value}" for s in FINAL_STATES)
+        if self.mode is None:
+            how = "no shutdown requested"
+        elif self.mode == "drain":
+            how = f"drain, timeout {self.drain_timeout:g}s"
+        else:
+            how = "cancel"
+        return f"background tasks ({how}): {self.total} total: {counts}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready data."""
+        data: dict[str, Any] = {
+            "mode": self.mode,
+            "drain_timeout": self.drain_timeout,
+            "shutdown_started_at": self.shutdown_started_at,
+            "deadline": self.deadline,
+            "total": self.total,
+            "counts": dict(self.counts),
+        }
+        for state in FINAL_STATES:
+            data[state.value] = [r.to_dict() for r in self.records(state)]
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The report as JSON text, stable for the same report."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

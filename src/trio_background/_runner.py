@@ -1,0 +1,156 @@
+"""The runner: one batch, after its response, one task after another.
+
+The runner is handed a batch and a :class:`BatchRun` (what the supervisor
+decided for it: limiter, error policy, where records go). It runs each
+pending task in order, turns every task into exactly one :class:`TaskRecord`,
+and never lets a task's exception out. Cancellation (a shutdown deadline or
+the server's own) is the one thing that leaves: the task that was running
+ends ``cancelled`` (``abandoned`` if in a thread), the rest ``skipped``, and
+``trio.Cancelled`` goes on up to whoever owns the deadline.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import trio
+
+from ._records import TaskRecord
+from ._tasks import BackgroundTask, BackgroundTasks, TaskState
+
+__all__ = ["BatchRun", "ErrorHook", "OnError", "run_batch"]
+
+logger = logging.getLogger("trio_background")
+
+OnError = Literal["continue", "stop"]
+ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """How one batch runs; made by the supervisor, read by the runner."""
+
+    number: int
+    request: str
+    limiter: trio.CapacityLimiter | None
+    on_error: OnError
+    error_hook: ErrorHook | None
+    epoch: float
+    emit: Callable[[TaskRecord, bool], None]
+    """Receives each record, and whether a cancellation cut the task."""
+    cancel_scope: trio.CancelScope
+
+
+def _format_error(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__qualname__
+    return f"{name}: {text}" if text else name
+
+
+def _since(epoch: float) -> float:
+    return round(trio.current_time() - epoch, 6)
+
+
+def _record(
+    task: BackgroundTask, run: BatchRun, index: int, started_at: float | None
+) -> TaskRecord:
+    return TaskRecord(
+        name=task.name,
+        state=task.state,
+        error=None if task.error is None else _format_error(task.error),
+        reason=task.reason,
+        request=run.request,
+        batch=run.number,
+        index=index,
+        started_at=None if task.state is TaskState.SKIPPED else started_at,
+        ended_at=_since(run.epoch),
+    )
+
+
+def _deadline_passed(scope: trio.CancelScope) -> bool:
+    return scope.cancel_called or trio.current_time() >= scope.deadline
+
+
+async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:
+    """Run every pending task of ``batch`` in order and record each one.
+
+    Error handling:
+        A task that raises is logged on the ``trio_background`` logger with
+        its name, the request and the traceback, ends ``failed``, and is
+        passed to ``run.error_hook``; then the next task runs, or, with
+        ``on_error="stop"``, the rest are skipped. A failing hook is logged.
+
+    Cancellation:
+        When ``run.cancel_scope``'s deadline has passed, tasks not started
+        end ``skipped``. ``trio.Cancelled`` from any scope is re-raised after
+        every task of the batch has been recorded.
+    """
+    tasks = batch.tasks
+    index = 0
+    stop_reason: str | None = None
+    try:
+        while index < len(tasks):
+            task = tasks[index]
+            if task.state is not TaskState.PENDING:
+                # Run by hand (await task()) or discarded before the batch ran.
+                run.emit(_record(task, run, index, None), False)
+                index += 1
+                continue
+            if stop_reason is not None:
+                task.skip(stop_reason)
+                run.emit(_record(task, run, index, None), False)
+                index += 1
+                continue
+            if _deadline_passed(run.cancel_scope):
+                break
+            started_at = _since(run.epoch)
+            try:
+                await task.run(limiter=run.limiter)
+            except Exception as exc:
+                record = _record(task, run, index, started_at)
+                index += 1
+                run.emit(record, False)
+                logger.error(
+                    "background task %s (%s) failed, for request %s",
+                    task.name,
+                    record.id,
+                    run.request,
+                    exc_info=exc,
+                )
+                if run.on_error == "stop":
+                    stop_reason = f"task {record.id} ({task.name}) failed and on_error='stop'"
+                if run.error_hook is not None:
+                    await _call_hook(run.error_hook, record, exc)
+            except BaseException:
+                run.emit(_record(task, run, index, started_at), True)
+                index += 1
+                raise
+            else:
+                run.emit(_record(task, run, index, started_at), False)
+                index += 1
+    finally:
+        # Only a cancellation (or an error that is not a task's) leaves the loop
+        # early: whatever is left never started.
+        if _deadline_passed(run.cancel_scope):
+            reason = "the shutdown deadline passed before it started"
+        else:
+            reason = "the batch was cancelled before it started"
+        while index < len(tasks):
+            task = tasks[index]
+            task.skip(reason)
+            run.emit(_record(task, run, index, None), True)
+            index += 1
+        batch.close("its batch has finished")
+
+
+async def _call_hook(hook: ErrorHook, record: TaskRecord, exc: BaseException) -> None:
+    try:
+        result = hook(record, exc)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("the error hook failed for background task %s", record.id)

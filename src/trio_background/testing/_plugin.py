@@ -1,0 +1,58 @@
+"""pytest plugin: ``background_client`` and ``live_server`` fixtures.
+
+Both are trio fixtures (they open nurseries), so they need pytest-trio: set
+``trio_mode = true`` or mark the test ``@pytest.mark.trio``. Both serve the
+app that a fixture named ``asgi_app`` (yours) returns. Used from a test that
+is not a trio test, they fail with a message that says so, instead of
+pytest's generic complaint about async fixtures.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ._client import BackgroundClient, open_client
+from ._live import LiveServer, open_live_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+_OURS = ("background_client", "live_server")
+
+
+@pytest.fixture
+async def background_client(asgi_app: Any) -> AsyncIterator[BackgroundClient]:
+    """An in-process client on ``asgi_app`` (see ``open_client``)."""
+    async with open_client(asgi_app) as client:
+        yield client
+
+
+@pytest.fixture
+async def live_server(asgi_app: Any) -> AsyncIterator[LiveServer]:
+    """Real Hypercorn serving ``asgi_app`` on 127.0.0.1:0 (see ``open_live_server``)."""
+    async with open_live_server(asgi_app) as server:
+        yield server
+
+
+def _is_trio_test(request: pytest.FixtureRequest) -> bool:
+    node = request.node
+    if node.get_closest_marker("trio") is not None:
+        return True
+    function = getattr(node, "function", None)
+    return bool(request.config.getini("trio_mode")) and inspect.iscoroutinefunction(function)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    if fixturedef.argname in _OURS and fixturedef.baseid == "" and not _is_trio_test(request):
+        pytest.fail(
+            f"the {fixturedef.argname} fixture runs in trio, but {request.node.name} is not a "
+            "trio test: make the test 'async def' and run it with pytest-trio "
+            "(trio_mode = true in the pytest config, or @pytest.mark.trio)",
+            pytrace=False,
+        )
