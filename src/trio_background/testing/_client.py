@@ -102,7 +102,10 @@ class _Transport(httpx.AsyncBaseTransport):
                 else:
                     failure.append(exc)
             finally:
-                done.set()
+                if not done.is_set():
+                    what = "sending" if status is None else "completing"
+                    failure.append(RuntimeError(f"the app returned without {what} its response"))
+                    done.set()
                 self.in_flight -= 1
                 if self.in_flight == 0:
                     self.idle.set()
@@ -114,8 +117,8 @@ class _Transport(httpx.AsyncBaseTransport):
         await done.wait()
         if failure:
             raise failure[0]
-        if status is None:
-            raise RuntimeError("the app returned without sending a response")
+        if status is None:  # pragma: no cover - done is set by a final body or a failure
+            raise RuntimeError("the app sent a body before starting its response")
         return httpx.Response(status, headers=headers, content=b"".join(parts), request=request)
 
     async def wait_requests(self) -> None:

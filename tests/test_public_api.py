@@ -1,0 +1,67 @@
+"""The public surface: names are fixed by DESIGN.md; extending is fine, renaming is not."""
+
+from __future__ import annotations
+
+import typing
+
+import trio_background
+import trio_background.fastapi
+import trio_background.testing
+
+
+def test_public_names() -> None:
+    assert set(trio_background.__all__) == {
+        "BackgroundTask",
+        "BackgroundTasks",
+        "BackgroundTasksMiddleware",
+        "ShutdownReport",
+        "Supervisor",
+        "SupervisorStatistics",
+        "TaskRecord",
+        "TaskState",
+        "from_scope",
+        "serve",
+    }
+    for name in trio_background.__all__:
+        obj = getattr(trio_background, name)
+        assert obj.__module__.startswith("trio_background._"), name
+
+
+def test_task_state_values() -> None:
+    assert [s.value for s in trio_background.TaskState] == [
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+        "skipped",
+        "abandoned",
+    ]
+    assert trio_background.TaskState("skipped") is trio_background.TaskState.SKIPPED
+
+
+def test_fastapi_dependency_is_annotated_batch() -> None:
+    alias = trio_background.fastapi.BackgroundTasks
+    assert typing.get_origin(alias) is typing.Annotated
+    base, dependency = typing.get_args(alias)
+    assert base is trio_background.BackgroundTasks
+    assert dependency.dependency is trio_background.fastapi.get_background_tasks
+
+
+def test_testing_names() -> None:
+    assert set(trio_background.testing.__all__) == {
+        "BackgroundClient",
+        "LiveServer",
+        "open_client",
+        "open_live_server",
+    }
+
+
+def test_report_fields() -> None:
+    report = trio_background.ShutdownReport()
+    for state in ("completed", "failed", "cancelled", "skipped", "abandoned"):
+        assert getattr(report, state) == ()
+        assert report.count(state) == 0
+    assert report.total == 0
+    fields = set(trio_background.TaskRecord.__dataclass_fields__)
+    assert {"name", "state", "error", "request", "started_at", "ended_at"} <= fields
