@@ -8,13 +8,24 @@ links, and only names from other projects are excused from nitpicking, so
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+import pkgutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import trio_background  # noqa: E402
+
+if TYPE_CHECKING:
+    from docutils.nodes import Element, TextElement
+    from sphinx.addnodes import pending_xref
+    from sphinx.application import Sphinx
+    from sphinx.environment import BuildEnvironment
 
 project = "trio-background"
 author = "trio-background contributors"
@@ -70,3 +81,97 @@ extlinks = {
     "fastapi": ("https://fastapi.tiangolo.com/%s", None),
     "starlette": ("https://www.starlette.io/%s", None),
 }
+
+
+# Making signatures resolvable ----------------------------------------------
+
+
+def _our_modules() -> list[Any]:
+    modules = [trio_background]
+    for info in pkgutil.walk_packages(trio_background.__path__, "trio_background."):
+        if not info.name.endswith("__main__"):
+            modules.append(importlib.import_module(info.name))
+    return modules
+
+
+def _import_type_checking_names() -> None:
+    """Run each module's ``if TYPE_CHECKING:`` imports into the module.
+
+    The library uses ``from __future__ import annotations`` and imports
+    names it needs only for annotations under ``TYPE_CHECKING``; autodoc
+    evaluates annotations in the module's namespace, where those names are
+    missing, and would otherwise leave unresolvable strings in signatures.
+    This only affects the documentation build's own process.
+    """
+    for module in _our_modules():
+        tree = ast.parse(inspect.getsource(module))
+        for node in tree.body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                code = compile(ast.Module(body=node.body, type_ignores=[]), module.__file__, "exec")
+                exec(code, vars(module))
+
+
+_import_type_checking_names()
+
+# Aliases whose expansion would swamp a signature; api.rst documents them.
+autodoc_type_aliases = {"ASGIApp": "trio_background._middleware.ASGIApp"}
+
+# Classes that users get from a factory rather than construct.
+_NO_CONSTRUCTOR_SIGNATURE = {
+    "trio_background.testing.BackgroundClient",
+    "trio_background.testing.LiveServer",
+}
+
+
+def _hide_constructor(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, None] | None:
+    if what == "class" and name in _NO_CONSTRUCTOR_SIGNATURE:
+        return "", None
+    return None
+
+
+def _public_target(target: str, module: str | None) -> list[str]:
+    """Public names a reference into a private module may mean.
+
+    Annotations name the defining module (``trio_background._tasks.BackgroundTask``),
+    the reference documents the public one (``trio_background.BackgroundTask``).
+    A short name in a submodule's docstring may mean a name of the package.
+    """
+    candidates = []
+    parts = target.split(".")
+    if parts[0] == "trio_background":
+        public = [p for p in parts[:-1] if not p.startswith("_")] + parts[-1:]
+        if public != parts:
+            candidates.append(".".join(public))
+    elif module is not None and module.startswith("trio_background."):
+        candidates.append(f"trio_background.{target}")
+    return candidates
+
+
+def _resolve_private(
+    app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: TextElement
+) -> Element | None:
+    if node.get("refdomain") != "py":
+        return None
+    domain = env.get_domain("py")
+    for target in _public_target(node["reftarget"], node.get("py:module")):
+        retry = node.deepcopy()
+        retry["reftarget"] = target
+        resolved = domain.resolve_xref(
+            env, node.get("refdoc", ""), app.builder, node["reftype"], target, retry, contnode
+        )
+        if resolved is not None:
+            return resolved
+    return None
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("autodoc-process-signature", _hide_constructor)
+    app.connect("missing-reference", _resolve_private)

@@ -121,7 +121,9 @@ def test_awaitable_non_coroutine_is_refused() -> None:
         def __await__(self) -> Iterator[None]:
             yield
 
-    with pytest.raises(TypeError, match=r"^add_task\(\) got an awaitable .*Waitable object, not a function; "):
+    with pytest.raises(
+        TypeError, match=r"^add_task\(\) got an awaitable .*Waitable object, not a function; "
+    ):
         BackgroundTasks().add_task(Waitable())  # type: ignore[arg-type]
 
 
