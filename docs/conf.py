@@ -12,9 +12,10 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -56,6 +57,8 @@ autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True
+# Attribute types are in the class signature; the field list keeps to prose.
+napoleon_attr_annotations = False
 napoleon_custom_sections = ["Cancellation", "Error handling", "Nesting"]
 
 # Names from other projects (and what autodoc makes of typing constructs)
@@ -70,6 +73,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"_pytest\..*"),
     (r"py:.*", r"(typing|collections\.abc|contextlib|enum|json)\..*"),
     (r"py:class", r"(str|int|float|bool|bytes|object|dict|list|tuple|type|None)"),
+    # ParamSpec parts in add_task(func: Callable[P, object], *args: P.args, ...).
+    (r"py:class", r"P(\.args|\.kwargs)?"),
     (r"py:.*", r"(BaseException|Exception|TypeError|ValueError|RuntimeError)"),
 ]
 
@@ -113,8 +118,18 @@ def _import_type_checking_names() -> None:
 
 _import_type_checking_names()
 
+_PARAM_SPECS = {
+    name
+    for module in _our_modules()
+    for name, value in vars(module).items()
+    if isinstance(value, ParamSpec)
+}
+
 # Aliases whose expansion would swamp a signature; api.rst documents them.
-autodoc_type_aliases = {"ASGIApp": "trio_background._middleware.ASGIApp"}
+autodoc_type_aliases = {
+    "ASGIApp": "trio_background._middleware.ASGIApp",
+    "ErrorHook": "trio_background._runner.ErrorHook",
+}
 
 # Classes that users get from a factory rather than construct.
 _NO_CONSTRUCTOR_SIGNATURE = {
@@ -123,7 +138,7 @@ _NO_CONSTRUCTOR_SIGNATURE = {
 }
 
 
-def _hide_constructor(
+def _fix_signature(
     app: Sphinx,
     what: str,
     name: str,
@@ -131,10 +146,27 @@ def _hide_constructor(
     options: object,
     signature: str | None,
     return_annotation: str | None,
-) -> tuple[str, None] | None:
+) -> tuple[str, str | None] | None:
     if what == "class" and name in _NO_CONSTRUCTOR_SIGNATURE:
         return "", None
-    return None
+    if signature is None:
+        return None
+    # A dataclass field(default_factory=...) shows as "<factory>", which is
+    # not Python: Sphinx could not parse the signature to link its types.
+    fixed = signature.replace("<factory>", "...")
+    # Sphinx names an alias of autodoc_type_aliases inside a union by its
+    # placeholder's repr ("TypeAliasForwardRef('...') | None"); name it.
+    fixed = re.sub(r"TypeAliasForwardRef\('([\w.]+)'\)", r"~\1", fixed)
+    # ...and by its full name elsewhere: show the short name, as for classes.
+    for alias in autodoc_type_aliases.values():
+        fixed = re.sub(rf"(?<![~\w.]){re.escape(alias)}", f"~{alias}", fixed)
+    # A ParamSpec comes out as "Callable[[~P], R]" and "*args: ~typing.~P",
+    # which is not Python either; write it the way the source does.
+    for name in _PARAM_SPECS:
+        fixed = fixed.replace(f"[[~{name}]", f"[{name}")
+        fixed = fixed.replace(f"*args: ~typing.~{name}", f"*args: {name}.args")
+        fixed = fixed.replace(f"**kwargs: ~typing.~{name}", f"**kwargs: {name}.kwargs")
+    return fixed, return_annotation
 
 
 def _public_target(target: str, module: str | None) -> list[str]:
@@ -173,5 +205,5 @@ def _resolve_private(
 
 
 def setup(app: Sphinx) -> None:
-    app.connect("autodoc-process-signature", _hide_constructor)
+    app.connect("autodoc-process-signature", _fix_signature)
     app.connect("missing-reference", _resolve_private)

@@ -1,0 +1,51 @@
+"""Helpers for the examples' end-to-end tests."""
+
+from __future__ import annotations
+
+import trio
+
+
+class Gate:
+    """Stands in for a sync task's slow step, and lets the test decide when it ends.
+
+    Patch an example's ``simulate_work(seconds)`` with a gate: each call, made
+    from the worker thread that runs the sync task (``trio.from_thread``
+    reaches back into the test's trio run), records its argument, sets
+    :attr:`arrived`, and blocks until the test lets it through, one call at a
+    time with :meth:`step` or every call from now on with :meth:`open`.
+
+    So a test knows the task is running and not finished (it is waiting at
+    the gate) without sleeping, and the slow step takes no time at all.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.arrived = trio.Event()
+        self._permits = 0
+        self._opened = False
+        self._changed = trio.Event()
+
+    def __call__(self, seconds: float) -> None:
+        trio.from_thread.run(self._pass, seconds)
+
+    async def _pass(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        self.arrived.set()
+        while not self._opened and self._permits == 0:
+            await self._changed.wait()
+        if not self._opened:
+            self._permits -= 1
+
+    def step(self) -> None:
+        """Let one call through (now, or the next one to arrive)."""
+        self._permits += 1
+        self._wake()
+
+    def open(self) -> None:
+        """Let every call through, from now on."""
+        self._opened = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
