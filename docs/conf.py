@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 project = "trio-background"
 author = "trio-background contributors"
-copyright = "2026, trio-background contributors"  # noqa: A001
+copyright = "2026, trio-background contributors"
 release = trio_background.__version__
 version = ".".join(release.split(".")[:2])
 

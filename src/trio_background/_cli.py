@@ -52,7 +52,7 @@ def load_app(spec: str) -> Any:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not callable(target):
-        raise ValueError(f"{spec} is a {type(target).__qualname__}, not an ASGI app")
+        raise ValueError(f"{spec} is not an ASGI app (got {type(target).__qualname__})")
     return target
 
 
@@ -113,14 +113,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         app = load_app(args.app)
     except ValueError as exc:
         parser.error(str(exc))
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     config = Config()
     config.bind = [args.bind]
     config.accesslog = "-"

@@ -1,0 +1,242 @@
+"""examples/email_notify.py end to end: real Hypercorn, and a real SMTP server (aiosmtpd).
+
+aiosmtpd runs its asyncio loop in a thread of its own, on a free port of
+127.0.0.1; the example's ``smtplib`` code talks to it from the worker thread
+that runs the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+import trio
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from examples import email_notify
+from trio_background.testing import open_live_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from email.message import EmailMessage
+
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps what it receives.
+
+    With :meth:`hold`, the next DATA command waits (without blocking the SMTP
+    server's loop) until :meth:`release`: the mail is on its way but not yet
+    accepted, so the task that sends it is still running.
+    """
+
+    def __init__(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.mail_from: list[str] = []
+        self.rcpt_tos: list[list[str]] = []
+        self.messages: list[EmailMessage] = []
+        self.arrived = trio.Event()
+        self._held: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self._held = asyncio.Event()
+
+    def release(self) -> None:
+        held = self._held
+        if held is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(held.set)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        trio.from_thread.run_sync(self.arrived.set, trio_token=self.token)
+        if self._held is not None:
+            await self._held.wait()
+        assert isinstance(envelope.content, bytes)
+        assert envelope.mail_from is not None
+        message: Any = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.mail_from.append(envelope.mail_from)
+        self.rcpt_tos.append(list(envelope.rcpt_tos))
+        self.messages.append(message)
+        return "250 Message accepted for delivery"
+
+
+def body_text(message: EmailMessage) -> str:
+    """The body as the sender wrote it (SMTP carries it with CRLF line ends)."""
+    content: str = message.get_content()
+    return content.replace("\r\n", "\n")
+
+
+class _LoopbackController(Controller):
+    """aiosmtpd's Controller, bound to port 0: it learns its port once bound."""
+
+    def _trigger_server(self) -> None:
+        if self.server is not None:
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+@asynccontextmanager
+async def open_smtp_server(**smtp_options: Any) -> AsyncIterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    controller = _LoopbackController(mailbox, hostname="127.0.0.1", port=0, **smtp_options)
+    await trio.to_thread.run_sync(controller.start)
+    mailbox.loop = controller.loop
+    try:
+        yield mailbox, controller.port
+    finally:
+        mailbox.release()
+        await trio.to_thread.run_sync(controller.stop)
+
+
+def use_smtp_server(monkeypatch: pytest.MonkeyPatch, port: int, *, starttls: bool = False) -> None:
+    for name in ("SMTP_USER", "SMTP_PASSWORD", "SMTP_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SMTP_PORT", str(port))
+    monkeypatch.setenv("SMTP_STARTTLS", "true" if starttls else "false")
+    monkeypatch.setenv("SMTP_FROM", "app@example.com")
+
+
+async def test_mail_is_sent_after_the_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with open_smtp_server() as (mailbox, port):
+        use_smtp_server(monkeypatch, port)
+        mailbox.hold()
+        async with open_live_server(email_notify.app) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                response = await client.post(
+                    "/send-email/",
+                    params={"to_email": "ada@example.com", "subject": "Hi", "body": "Hello, Ada"},
+                )
+            assert response.status_code == 200
+            assert response.json() == {"message": "Email will be sent in the background"}
+
+            # The client has its answer while the mail is still being delivered.
+            await mailbox.arrived.wait()
+            assert mailbox.messages == []
+            assert server.supervisor.statistics().batches_running == 1
+
+            mailbox.release()
+            report = await server.shutdown()
+
+    assert report.total == 1
+    assert report.count("completed") == 1
+    assert report.completed[0].name == "send_email"
+    assert mailbox.mail_from == ["app@example.com"]
+    assert mailbox.rcpt_tos == [["ada@example.com"]]
+    [message] = mailbox.messages
+    assert message["From"] == "app@example.com"
+    assert message["To"] == "ada@example.com"
+    assert message["Subject"] == "Hi"
+    assert body_text(message) == "Hello, Ada\n"
+
+
+async def test_login_with_credentials_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    async with open_smtp_server(authenticator=authenticator, auth_require_tls=False) as (
+        mailbox,
+        port,
+    ):
+        use_smtp_server(monkeypatch, port)
+        monkeypatch.setenv("SMTP_USER", "mailer@example.com")
+        monkeypatch.setenv("SMTP_PASSWORD", "s3cret")
+        monkeypatch.delenv("SMTP_FROM")  # the sender defaults to SMTP_USER
+        async with open_live_server(email_notify.app) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                response = await client.post(
+                    "/send-email/",
+                    params={"to_email": "alan@example.com", "subject": "Report", "body": "Done."},
+                )
+            report = await server.shutdown()
+
+    assert response.status_code == 200
+    assert report.count("completed") == report.total == 1
+    assert logins == [(b"mailer@example.com", b"s3cret")]
+    [message] = mailbox.messages
+    assert message["From"] == "mailer@example.com"
+    assert message["To"] == "alan@example.com"
+    assert message["Subject"] == "Report"
+    assert body_text(message) == "Done.\n"
+
+
+async def test_a_failed_send_is_logged_and_recorded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_smtp_server() as (mailbox, port):
+        # STARTTLS is on by default, and this server does not offer it.
+        use_smtp_server(monkeypatch, port, starttls=True)
+        async with open_live_server(email_notify.app) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                response = await client.post(
+                    "/send-email/",
+                    params={"to_email": "ada@example.com", "subject": "Hi", "body": "Hello"},
+                )
+            report = await server.shutdown()
+
+    assert response.status_code == 200
+    assert report.total == 1
+    assert report.count("failed") == 1
+    [failed] = report.failed
+    assert failed.name == "send_email"
+    assert failed.request == "POST /send-email/"
+    assert failed.error is not None
+    assert failed.error.startswith("SMTPNotSupportedError: STARTTLS extension not supported")
+    [logged] = [r for r in caplog.records if r.name == "trio_background" and r.exc_info]
+    assert "send_email" in logged.getMessage()
+    assert logged.levelno == logging.ERROR
+    assert mailbox.messages == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("subject", "Hi\r\nBcc: everyone@example.com"), ("to_email", "ada@example.com\nBcc: x@y")],
+)
+async def test_header_injection_is_refused(field: str, value: str) -> None:
+    params = {"to_email": "ada@example.com", "subject": "Hi", "body": "Hello", field: value}
+    async with open_live_server(email_notify.app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            response = await client.post("/send-email/", params=params)
+        report = await server.shutdown()
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": f"{field} must be a single line"}
+    assert report.total == 0
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SMTP_HOST", "SMTP_PORT", "SMTP_STARTTLS", "SMTP_TIMEOUT", "SMTP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SMTP_USER", "me@example.com")
+    monkeypatch.setenv("SMTP_FROM", "")
+    with pytest.raises(ValueError, match=r"^SMTP_USER is set but SMTP_PASSWORD is not"):
+        email_notify.SmtpSettings.from_env()
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    assert email_notify.SmtpSettings.from_env() == email_notify.SmtpSettings(
+        host="localhost",
+        port=587,
+        starttls=True,
+        user="me@example.com",
+        password="pw",
+        sender="me@example.com",
+        timeout=30.0,
+    )
+    monkeypatch.setenv("SMTP_STARTTLS", "maybe")
+    with pytest.raises(ValueError, match=r"^SMTP_STARTTLS must be true or false"):
+        email_notify.SmtpSettings.from_env()
