@@ -25,8 +25,12 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pyright --pythonpath $(PY)
 
+# coverage starts before pytest, so it also measures what the plugin imports.
 pytest: $(STAMP)
-	$(PY) -m pytest --cov --cov-report=term
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage combine --quiet
+	$(PY) -m coverage report
 
 test: lint typecheck pytest
 

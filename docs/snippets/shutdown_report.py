@@ -6,7 +6,7 @@ from trio_background.fastapi import BackgroundTasks
 from trio_background.testing import open_client
 
 app = FastAPI()
-app.add_middleware(BackgroundTasksMiddleware, drain_timeout=10)
+app.add_middleware(BackgroundTasksMiddleware, mode="drain", drain_timeout=10)
 
 
 async def send_receipt(order_id: int) -> None:
@@ -33,7 +33,7 @@ async def main() -> ShutdownReport:
     # The in-process test client shuts down the way serve() does on SIGTERM.
     async with open_client(app) as client:
         await client.post("/orders/42")
-        report = await client.shutdown(mode="drain")
+        report = await client.shutdown()
     print(report.summary())
     print(report.to_json())
     return report

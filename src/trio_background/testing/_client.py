@@ -262,22 +262,27 @@ async def open_client(
         app if isinstance(app, BackgroundTasksMiddleware) else BackgroundTasksMiddleware(app)
     )
     state: dict[str, Any] = {}
+    # The body's exception is re-raised outside the nursery, so the test sees
+    # it as it was raised, not wrapped in an exception group.
+    error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         span = _Lifespan(middleware, state)
-        if lifespan:
-            nursery.start_soon(span.run)
-            await span.startup()
         transport = _Transport(middleware, nursery, state)
         client = BackgroundClient(transport, middleware, base_url)
         try:
+            if lifespan:
+                nursery.start_soon(span.run)
+                await span.startup()
             async with client:
                 yield client
                 await client.shutdown(mode=mode, drain_timeout=drain_timeout)
                 if lifespan:
                     await span.shutdown()
-        except BaseException:
+        except BaseException as exc:
+            error = exc
             nursery.cancel_scope.cancel()
-            raise
+    if error is not None:
+        raise error
     if raise_app_exceptions and client.app_errors:
         if len(client.app_errors) == 1:
             raise client.app_errors[0]

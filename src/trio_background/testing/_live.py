@@ -103,12 +103,16 @@ async def open_live_server(
         finally:
             stopped.set()
 
+    error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(run)
         server = LiveServer(binds[0], middleware, trigger, stopped, report)
         try:
             yield server
             await server.shutdown()
-        except BaseException:
+        except BaseException as exc:
+            # Re-raised outside the nursery: the test sees it unwrapped.
+            error = exc
             nursery.cancel_scope.cancel()
-            raise
+    if error is not None:
+        raise error

@@ -24,6 +24,17 @@ _OURS = ("background_client", "live_server")
 
 
 @pytest.fixture
+def asgi_app() -> Any:
+    """The app the fixtures serve: override it with a fixture of your own."""
+    pytest.fail(
+        "the background_client and live_server fixtures serve the app returned by a fixture "
+        "named asgi_app: define one in your conftest.py, e.g.\n\n"
+        "    @pytest.fixture\n    def asgi_app():\n        return app\n",
+        pytrace=False,
+    )
+
+
+@pytest.fixture
 async def background_client(asgi_app: Any) -> AsyncIterator[BackgroundClient]:
     """An in-process client on ``asgi_app`` (see ``open_client``)."""
     async with open_client(asgi_app) as client:

@@ -1,0 +1,291 @@
+"""The documentation: every snippet runs, and the site builds with ``-nW``.
+
+Each runnable code block of the docs is a file in ``docs/snippets/`` that a
+page shows with ``literalinclude``. Each snippet has a test here that loads
+it, drives its ``app`` (with the in-process client) or its ``main()``, and
+checks what it did, so the docs cannot drift from the library. A last test
+builds the site the way CI does, with warnings as errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from trio_background import TaskState
+from trio_background.testing import open_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SNIPPETS = DOCS / "snippets"
+
+
+@pytest.fixture
+def load_snippet(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Import ``docs/snippets/<name>.py`` afresh (its module state is per test)."""
+
+    def load(name: str) -> ModuleType:
+        path = SNIPPETS / f"{name}.py"
+        module_name = f"_docs_snippet_{name}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, module_name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+# index.rst, quickstart.rst
+
+
+async def test_basic_writes_the_notification_after_the_response(
+    load_snippet: Callable[[str], ModuleType],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    snippet = load_snippet("basic")
+    async with open_client(snippet.app) as client:
+        response = await client.post("/send-notification/ada@example.com")
+        assert response.status_code == 200
+        assert response.json() == {"message": "Notification sent in the background"}
+        await client.wait_idle()
+        report = await client.shutdown()
+    log = (tmp_path / "log.txt").read_text()
+    assert log == "notification for ada@example.com: some notification\n"
+    assert report.count(TaskState.COMPLETED) == report.total == 1
+
+
+# concepts.rst
+
+
+async def test_order_tasks_run_after_the_response_in_order(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("order")
+    async with open_client(snippet.app) as client:
+        start = trio.current_time()
+        response = await client.put("/files/a.txt")
+        assert response.json() == {"status": "stored"}
+        # The response is back; notify_owner needs a (virtual) second more.
+        assert "a.txt: owner notified" not in snippet.events
+        await client.wait_idle()
+        assert trio.current_time() - start == 1
+    assert snippet.events == ["a.txt: stored", "a.txt: sha256 7bb6f9f7", "a.txt: owner notified"]
+    assert client.supervisor.thread_limit == 4
+
+
+async def test_context_tasks_see_the_request_id(
+    load_snippet: Callable[[str], ModuleType],
+) -> None:
+    snippet = load_snippet("context")
+    async with open_client(snippet.app) as client:
+        for item_id in (1, 2):
+            response = await client.delete(
+                f"/items/{item_id}", headers={"x-request-id": f"req-{item_id}"}
+            )
+            assert response.status_code == 200
+            await client.wait_idle()
+    assert snippet.audit_log == ["[req-1] deleted item 1", "[req-2] deleted item 2"]
+
+
+async def test_errors_a_failure_is_logged_hooked_and_the_next_task_runs(
+    load_snippet: Callable[[str], ModuleType], caplog: pytest.LogCaptureFixture
+) -> None:
+    snippet = load_snippet("errors")
+    caplog.set_level(logging.ERROR, logger="trio_background")
+    async with open_client(snippet.app) as client:
+        response = await client.post("/orders/7/pay")
+        assert response.json() == {"status": "processing"}
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert snippet.sent == ["receipt for order 7"]
+    assert snippet.alerts == [
+        "charge_card failed for POST /orders/7/pay: ConnectionError: payment gateway unreachable"
+    ]
+    [logged] = [r for r in caplog.records if r.name == "trio_background"]
+    assert logged.levelno == logging.ERROR
+    assert "charge_card" in logged.getMessage()
+    assert "POST /orders/7/pay" in logged.getMessage()
+    assert logged.exc_info is not None
+    assert isinstance(logged.exc_info[1], ConnectionError)
+    assert (report.count("failed"), report.count("completed")) == (1, 1)
+
+
+async def test_on_error_stop_skips_the_rest_of_the_batch(
+    load_snippet: Callable[[str], ModuleType], caplog: pytest.LogCaptureFixture
+) -> None:
+    snippet = load_snippet("on_error_stop")
+    async with open_client(snippet.app) as client:
+        await client.post("/orders/7/pay")
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert snippet.sent == []
+    [skipped] = report.skipped
+    assert skipped.name == "send_receipt"
+    assert skipped.reason == "task 1.0 (charge_card) failed and on_error='stop'"
+    assert any(r.name == "trio_background" for r in caplog.records)
+
+
+async def test_skipped_tasks_of_a_handler_that_raised_do_not_run(
+    load_snippet: Callable[[str], ModuleType],
+) -> None:
+    snippet = load_snippet("skipped")
+    async with open_client(snippet.app) as client:
+        refused = await client.post("/signup/eve@elsewhere.test")
+        assert refused.status_code == 403
+        welcomed = await client.post("/signup/ada@example.com")
+        assert welcomed.status_code == 200
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert snippet.sent == ["ada@example.com"]
+    [skipped] = report.skipped
+    assert skipped.request == "POST /signup/eve@elsewhere.test"
+    assert skipped.reason == "the handler raised HTTPException"
+
+
+# shutdown.rst
+
+
+async def test_shutdown_report_output_and_log_are_the_ones_shown(
+    load_snippet: Callable[[str], ModuleType],
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    snippet = load_snippet("shutdown_report")
+    caplog.set_level(logging.WARNING, logger="trio_background")
+    report = await snippet.main()
+    assert report.count("completed") == 1
+    assert [r.name for r in report.cancelled] == ["rebuild_search_index"]
+    assert [r.name for r in report.skipped] == ["notify_warehouse"]
+    # The page shows these files as the program's output and its log line.
+    assert capsys.readouterr().out == (SNIPPETS / "shutdown_report.out").read_text()
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "trio_background"]
+    assert f"{logged}\n" == (SNIPPETS / "shutdown_report.log").read_text()
+
+
+async def test_serve_program_stops_on_sigint_and_prints_the_report(
+    load_snippet: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    snippet = load_snippet("serve_program")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(snippet.main, "127.0.0.1:0")
+            # Everything blocked: serve() is listening for signals, and
+            # Hypercorn for connections.
+            await trio.testing.wait_all_tasks_blocked()
+            signal.raise_signal(signal.SIGINT)
+    out = capsys.readouterr().out
+    assert out.endswith(
+        "background tasks (drain, timeout 20s): 0 total: 0 completed, 0 failed, "
+        "0 cancelled, 0 skipped, 0 abandoned\n"
+    )
+
+
+# guides/
+
+
+async def test_guide_fastapi_dependency_and_handler_share_the_batch(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("guide_fastapi")
+    async with open_client(snippet.app) as client:
+        response = await client.post("/reports/q3")
+        assert response.json() == {"report": "q3", "task": "build_report", "state": "pending"}
+        await client.wait_idle()
+        assert client.supervisor.drain_timeout == 20
+        assert client.supervisor.thread_limit == 4
+    assert snippet.done == ["visit /reports/q3", "report q3"]
+
+
+async def test_guide_starlette_from_scope(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("guide_starlette")
+    async with open_client(snippet.app) as client:
+        response = await client.put("/images/cat")
+        assert response.status_code == 202
+        assert snippet.thumbnails == []
+        await client.wait_idle()
+        assert client.supervisor.drain_timeout == 20
+    assert snippet.thumbnails == ["cat"]
+
+
+async def test_guide_asgi_raw_app(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("guide_asgi")
+    async with open_client(snippet.app) as client:
+        response = await client.get("/hello")
+        assert response.text == "hello\n"
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert snippet.visits == ["/hello"]
+    assert report.count("completed") == 1
+
+
+async def test_porting_add_task_and_await_tasks(
+    load_snippet: Callable[[str], ModuleType],
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    snippet = load_snippet("porting")
+    await snippet.main()
+    print(*snippet.log, sep="\n")  # what the snippet prints when run as a program
+    # The page shows this file as the program's output.
+    assert capsys.readouterr().out == (SNIPPETS / "porting.out").read_text()
+    assert snippet.log[-1] == "states: completed, failed, skipped"
+
+
+# The docs as a whole
+
+
+def test_every_snippet_is_tested_and_shown() -> None:
+    tested = set(re.findall(r'load_snippet\("(\w+)"\)', Path(__file__).read_text()))
+    snippets = {path.stem for path in SNIPPETS.glob("*.py")}
+    assert snippets == tested
+    pages = "\n".join(path.read_text() for path in DOCS.rglob("*.rst"))
+    included = set(re.findall(r"literalinclude:: (?:\.\./)*snippets/([\w.]+)", pages))
+    assert included == {path.name for path in SNIPPETS.iterdir() if path.is_file()}
+
+
+def test_docs_build_without_warnings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-nW",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(DOCS),
+            str(tmp_path / "html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "html" / "index.html").is_file()
