@@ -14,12 +14,17 @@ def test_public_names() -> None:
         "BackgroundTask",
         "BackgroundTasks",
         "BackgroundTasksMiddleware",
+        "Progress",
         "ShutdownReport",
+        "Snapshot",
         "Supervisor",
         "SupervisorStatistics",
+        "TaskMonitor",
         "TaskRecord",
         "TaskState",
         "from_scope",
+        "monitor",
+        "report_progress",
         "serve",
     }
     for name in trio_background.__all__:

@@ -8,9 +8,14 @@ and reports what happened to each.
 
 from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
 from ._middleware import from_scope as from_scope
+from ._monitor import TaskMonitor as TaskMonitor
+from ._monitor import monitor as monitor
+from ._progress import Progress as Progress
+from ._progress import report_progress as report_progress
 from ._records import ShutdownReport as ShutdownReport
 from ._records import TaskRecord as TaskRecord
 from ._serve import serve as serve
+from ._supervisor import Snapshot as Snapshot
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorStatistics as SupervisorStatistics
 from ._tasks import BackgroundTask as BackgroundTask
@@ -23,11 +28,16 @@ __all__ = [
     "BackgroundTask",
     "BackgroundTasks",
     "BackgroundTasksMiddleware",
+    "Progress",
     "ShutdownReport",
+    "Snapshot",
     "Supervisor",
     "SupervisorStatistics",
+    "TaskMonitor",
     "TaskRecord",
     "TaskState",
     "from_scope",
+    "monitor",
+    "report_progress",
     "serve",
 ]

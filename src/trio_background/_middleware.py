@@ -28,10 +28,10 @@ from ._supervisor import (
     Mode,
     Supervisor,
 )
-from ._tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from ._runner import ErrorHook, OnError
+    from ._tasks import BackgroundTasks
 
 __all__ = ["BackgroundTasksMiddleware", "from_scope"]
 
@@ -44,8 +44,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Keys this library puts in ASGI scopes. The exchange key marks an HTTP
-# request whose batch an (outer) middleware owns; the middleware key marks a
-# lifespan scope some middleware already watches.
+# request whose batch an (outer) middleware owns; the middleware key names
+# that middleware (for the monitor) and marks a lifespan scope it watches.
 EXCHANGE_KEY = "trio_background.exchange"
 MIDDLEWARE_KEY = "trio_background.middleware"
 
@@ -73,10 +73,11 @@ class _Exchange:
     task; the batch is made on first use.
     """
 
-    __slots__ = ("_batch", "_send", "_trailers", "complete")
+    __slots__ = ("_batch", "_send", "_supervisor", "_trailers", "complete")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, supervisor: Supervisor) -> None:
         self._send = send
+        self._supervisor = supervisor
         self._batch: BackgroundTasks | None = None
         self._trailers = False
         self.complete = False
@@ -84,7 +85,7 @@ class _Exchange:
     @property
     def batch(self) -> BackgroundTasks:
         if self._batch is None:
-            self._batch = BackgroundTasks()
+            self._batch = self._supervisor.open_batch()
         return self._batch
 
     @property
@@ -236,8 +237,9 @@ class BackgroundTasksMiddleware:
         if not self._trio_checked:
             check_trio()
             self._trio_checked = True
-        exchange = _Exchange(send)
+        exchange = _Exchange(send, self.supervisor)
         scope[EXCHANGE_KEY] = exchange
+        scope[MIDDLEWARE_KEY] = self
         try:
             await self.app(scope, receive, exchange)
         except BaseException as exc:

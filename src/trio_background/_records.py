@@ -18,6 +18,8 @@ from ._tasks import TaskState
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from ._progress import Progress
+
 __all__ = ["FINAL_STATES", "ShutdownReport", "TaskRecord"]
 
 FINAL_STATES: tuple[TaskState, ...] = (
@@ -43,7 +45,9 @@ class TaskRecord:
         batch: The batch's number, in the order batches started.
         index: The task's position in its batch.
         started_at: When it started (seconds; None if it never started).
-        ended_at: When it reached its final state (seconds).
+        ended_at: When it reached its final state (seconds); None while a
+            live snapshot shows it pending or running.
+        progress: The last progress it reported, or None.
     """
 
     name: str
@@ -54,7 +58,8 @@ class TaskRecord:
     batch: int
     index: int
     started_at: float | None
-    ended_at: float
+    ended_at: float | None
+    progress: Progress | None = None
 
     @property
     def id(self) -> str:
@@ -65,6 +70,8 @@ class TaskRecord:
         data = asdict(self)
         data["state"] = self.state.value
         data["id"] = self.id
+        if self.progress is not None:
+            data["progress"] = self.progress._asdict()
         return data
 
 

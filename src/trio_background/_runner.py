@@ -68,6 +68,7 @@ def _record(
         index=index,
         started_at=None if task.state is TaskState.SKIPPED else started_at,
         ended_at=_since(run.epoch),
+        progress=task.progress,
     )
 
 

@@ -24,7 +24,7 @@ from ._records import FINAL_STATES, ShutdownReport, TaskRecord
 from ._runner import BatchRun, ErrorHook, OnError, run_batch
 from ._tasks import BackgroundTasks, TaskState
 
-__all__ = ["Mode", "Supervisor", "SupervisorStatistics"]
+__all__ = ["Mode", "Snapshot", "Supervisor", "SupervisorStatistics"]
 
 logger = logging.getLogger("trio_background")
 
@@ -74,6 +74,44 @@ class SupervisorStatistics:
     counts: dict[str, int]
 
 
+@dataclass(slots=True)
+class _InFlight:
+    scope: trio.CancelScope
+    batch: BackgroundTasks
+    request: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the supervisor is doing now, from :meth:`Supervisor.snapshot`.
+
+    Attributes:
+        shutting_down: Whether shutdown has begun.
+        deadline_in: Seconds until the batch deadline, or None before shutdown.
+        counts: Exact number of tasks per final state so far.
+        active: Live records of the tasks of running batches that have not
+            ended (``pending`` or ``running``; ``ended_at`` is None): what a
+            shutdown now would cut.
+        finished: The kept records of finished tasks.
+    """
+
+    shutting_down: bool
+    deadline_in: float | None
+    counts: dict[str, int]
+    active: tuple[TaskRecord, ...]
+    finished: tuple[TaskRecord, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-ready data."""
+        return {
+            "shutting_down": self.shutting_down,
+            "deadline_in": self.deadline_in,
+            "counts": dict(self.counts),
+            "active": [r.to_dict() for r in self.active],
+            "finished": [r.to_dict() for r in self.finished],
+        }
+
+
 class _RunState:
     """Everything that changes, for one trio run."""
 
@@ -81,7 +119,7 @@ class _RunState:
         self.epoch = trio.current_time()
         self.limiter = trio.CapacityLimiter(supervisor.thread_limit)
         self.next_batch = 1
-        self.in_flight: dict[int, trio.CancelScope] = {}
+        self.in_flight: dict[int, _InFlight] = {}
         self.idle = trio.Event()
         self.idle.set()
         self.counts = {state.value: 0 for state in FINAL_STATES}
@@ -202,12 +240,11 @@ class Supervisor:
             server's own deadline) is recorded the same way and propagates.
         """
         state = self._state()
-        number = state.next_batch
-        state.next_batch += 1
+        number = self._number(batch)
         scope = trio.CancelScope(deadline=state.deadline)
         if not state.in_flight:
             state.idle = trio.Event()
-        state.in_flight[number] = scope
+        state.in_flight[number] = _InFlight(scope, batch, request)
         run = BatchRun(
             number=number,
             request=request,
@@ -226,11 +263,25 @@ class Supervisor:
             if not state.in_flight:
                 state.idle.set()
 
+    def open_batch(self) -> BackgroundTasks:
+        """A new batch, numbered now, so its tasks get ids as they are added."""
+        batch = BackgroundTasks()
+        self._number(batch)
+        return batch
+
+    def _number(self, batch: BackgroundTasks) -> int:
+        number = batch.number
+        if number is None:
+            state = self._state()
+            number = state.next_batch
+            state.next_batch += 1
+            batch.assign_ids(number)
+        return number
+
     def skip(self, batch: BackgroundTasks, *, request: str = "-", reason: str) -> None:
         """Record every task of ``batch`` as ``skipped`` for ``reason``, unrun."""
         state = self._state()
-        number = state.next_batch
-        state.next_batch += 1
+        number = self._number(batch)
         ended_at = state.since(trio.current_time())
         for index, task in enumerate(batch.tasks):
             task.skip(reason)
@@ -275,8 +326,8 @@ class Supervisor:
         state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
-        for scope in state.in_flight.values():
-            scope.deadline = min(scope.deadline, deadline)
+        for flight in state.in_flight.values():
+            flight.scope.deadline = min(flight.scope.deadline, deadline)
         logger.info(
             "shutdown: %d batches running, %s",
             len(state.in_flight),
@@ -356,6 +407,70 @@ class Supervisor:
                 named += f", and {more} more"
             logger.warning("%s; not completed: %s", report.summary(), named or "(records not kept)")
         return report
+
+    def _live(self, flight: _InFlight, index: int) -> TaskRecord:
+        state = self._state()
+        task = flight.batch.tasks[index]
+        return TaskRecord(
+            name=task.name,
+            state=task.state,
+            error=None,
+            reason=None,
+            request=flight.request,
+            batch=flight.batch.number or 0,
+            index=index,
+            started_at=None if task.started_at is None else state.since(task.started_at),
+            ended_at=None,
+            progress=task.progress,
+        )
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        """What is known of task ``task_id`` (``"<batch>.<index>"``), or None.
+
+        A task of a running batch that has not ended gets a live record
+        (state, progress); a finished one, its kept record; a finished task
+        whose record was dropped (see ``keep_records``), None.
+        """
+        state = self._state()
+        batch_text, _, index_text = task_id.partition(".")
+        if not (batch_text.isdigit() and index_text.isdigit()):
+            return None
+        flight = state.in_flight.get(int(batch_text))
+        index = int(index_text)
+        if flight is not None and index < len(flight.batch.tasks):
+            if not flight.batch.tasks[index].state.is_final:
+                return self._live(flight, index)
+        for record in state.cut:
+            if record.id == task_id:
+                return record
+        for records in state.recent.values():
+            for record in records:
+                if record.id == task_id:
+                    return record
+        return None
+
+    def snapshot(self) -> Snapshot:
+        """Live records of running batches' unfinished tasks, and the kept finished ones."""
+        state = self._state()
+        active = [
+            self._live(flight, index)
+            for flight in state.in_flight.values()
+            for index, task in enumerate(flight.batch.tasks)
+            if not task.state.is_final
+        ]
+        active.sort(key=lambda r: (r.batch, r.index))
+        report = self.report()
+        finished = sorted(
+            (r for s in FINAL_STATES for r in report.records(s)), key=lambda r: (r.batch, r.index)
+        )
+        deadline = state.deadline
+        return Snapshot(
+            shutting_down=state.shutdown_started_at is not None,
+            deadline_in=None if math.isinf(deadline) else max(0.0, deadline - trio.current_time()),
+            counts=dict(state.counts),
+            active=tuple(active),
+            finished=tuple(finished),
+        )
 
     def statistics(self) -> SupervisorStatistics:
         """Counts and in-flight work, cheaply, for monitoring."""

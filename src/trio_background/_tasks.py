@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 import trio
 import trio.testing
 
+from ._progress import Progress, current_task
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable
 
@@ -149,9 +151,25 @@ class BackgroundTask:
         state: The :class:`TaskState`.
         error: The exception the task raised, or None.
         reason: Why a task was skipped, cancelled or abandoned, or None.
+        id: ``"<batch>.<index>"`` once the task belongs to a supervised batch
+            (at ``add_task`` in a request, else when its batch starts), or None.
+        progress: The last :class:`Progress` the task reported, or None.
+        started_at: When it started, on trio's clock, or None.
     """
 
-    __slots__ = ("args", "error", "func", "is_async", "kwargs", "name", "reason", "state")
+    __slots__ = (
+        "args",
+        "error",
+        "func",
+        "id",
+        "is_async",
+        "kwargs",
+        "name",
+        "progress",
+        "reason",
+        "started_at",
+        "state",
+    )
 
     def __init__(self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
         _check_task_function(func)
@@ -163,6 +181,9 @@ class BackgroundTask:
         self.state: TaskState = TaskState.PENDING
         self.error: BaseException | None = None
         self.reason: str | None = None
+        self.id: str | None = None
+        self.progress: Progress | None = None
+        self.started_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<BackgroundTask {self.name} {self.state.value}>"
@@ -203,6 +224,8 @@ class BackgroundTask:
                 "a task runs once: add it again to run it again"
             )
         self.state = TaskState.RUNNING
+        self.started_at = trio.current_time()
+        token = current_task.set(self)
         try:
             if self.is_async:
                 await self._run_async()
@@ -212,6 +235,8 @@ class BackgroundTask:
             if self.state is TaskState.RUNNING:
                 self._settle(exc)
             raise
+        finally:
+            current_task.reset(token)
         self.state = TaskState.COMPLETED
 
     async def _run_async(self) -> None:
@@ -347,7 +372,7 @@ class BackgroundTasks:
         TypeError: An item of ``tasks`` is not a :class:`BackgroundTask`.
     """
 
-    __slots__ = ("_closed", "tasks")
+    __slots__ = ("_closed", "number", "tasks")
 
     def __init__(self, tasks: Iterable[BackgroundTask] | None = None) -> None:
         self.tasks: list[BackgroundTask] = list(tasks) if tasks else []
@@ -359,9 +384,17 @@ class BackgroundTasks:
                     "or use add_task(func, *args)"
                 )
         self._closed: str | None = None
+        # Set by the supervisor that owns the batch; task ids derive from it.
+        self.number: int | None = None
 
     def __repr__(self) -> str:
         return f"<BackgroundTasks {len(self.tasks)} tasks>"
+
+    def assign_ids(self, number: int) -> None:
+        """Number the batch and give its tasks (and later ones) their ids."""
+        self.number = number
+        for index, task in enumerate(self.tasks):
+            task.id = f"{number}.{index}"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -393,6 +426,8 @@ class BackgroundTasks:
                 "while it runs"
             )
         task = BackgroundTask(func, *args, **kwargs)
+        if self.number is not None:
+            task.id = f"{self.number}.{len(self.tasks)}"
         self.tasks.append(task)
         return task
 
