@@ -27,12 +27,16 @@ typecheck: $(STAMP)
 
 # coverage starts before pytest, so it also measures what the plugin imports.
 pytest: $(STAMP)
+	./scripts/ensure-chromium
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest
 	$(PY) -m coverage combine --quiet
 	$(PY) -m coverage report
 
 test: lint typecheck pytest
+
+docs: $(STAMP)
+	$(PY) -m sphinx -nW --keep-going -q -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .coverage docs/_build
