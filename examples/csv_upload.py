@@ -46,7 +46,7 @@ from trio_background import BackgroundTasksMiddleware
 from trio_background.fastapi import BackgroundTasks
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,15 @@ def _discard(path: Path) -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    # Lifespan shutdown comes after every batch has ended: a file still here
-    # belongs to a task that never ran, or that the shutdown deadline cut.
-    for path in sorted(_unprocessed):
-        _discard(path)
-        logger.warning("Removed unprocessed upload %s at shutdown", path)
+async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        # Lifespan shutdown comes after every batch has ended: a file still
+        # here belongs to a task that never ran, or that the deadline cut.
+        for path in sorted(_unprocessed):
+            _discard(path)
+            logger.warning("Removed unprocessed upload %s at shutdown", path)
 
 
 app = FastAPI(title="CSV upload processed in the background", lifespan=lifespan)
@@ -86,7 +88,7 @@ def process_csv_file(filename: str, user_id: int) -> None:
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
             csv_reader = csv.reader(file, strict=True)
-            header = next(csv_reader, [])
+            header = next(csv_reader, None) or []
             processed_rows = 0
 
             for fields in csv_reader:

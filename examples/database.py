@@ -41,7 +41,7 @@ from trio_background import BackgroundTasksMiddleware
 from trio_background.fastapi import BackgroundTasks
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ SessionLocal = sessionmaker(autoflush=False)
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
     engine = create_engine(DATABASE_URL)
     await trio.to_thread.run_sync(Base.metadata.create_all, engine)
     SessionLocal.configure(bind=engine)

@@ -40,6 +40,9 @@ from trio_background.fastapi import BackgroundTasks
 
 logger = logging.getLogger(__name__)
 
+Json = dict[str, Any] | list[Any] | str | int | float | bool | None
+"""What ``response.json()`` gives."""
+
 PROCESS_SECONDS = 1.0
 """How long processing the fetched data takes (the seed's ``asyncio.sleep(1)``)."""
 TIMEOUT = httpx.Timeout(10.0)
@@ -67,7 +70,7 @@ async def fetch_external_data(url: str, user_id: int) -> None:
         )
         return
     try:
-        data = response.json()
+        data: Json = response.json()
     except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
         content_type = response.headers.get("content-type", "none")
         logger.warning(
@@ -84,7 +87,7 @@ async def fetch_external_data(url: str, user_id: int) -> None:
     logger.info("Successfully processed external data for user %d", user_id)
 
 
-async def process_external_data(data: Any, user_id: int) -> None:
+async def process_external_data(data: Json, user_id: int) -> None:
     # Simulate async processing
     await trio.sleep(PROCESS_SECONDS)
     items = len(data) if isinstance(data, list | dict) else 1

@@ -22,6 +22,9 @@ import pytest
 import trio
 import trio.testing
 
+import trio_background
+import trio_background.fastapi
+import trio_background.testing
 from trio_background import TaskState
 from trio_background.testing import open_client
 
@@ -175,7 +178,10 @@ async def test_shutdown_report_output_and_log_are_the_ones_shown(
     assert report.count("completed") == 1
     assert [r.name for r in report.cancelled] == ["rebuild_search_index"]
     assert [r.name for r in report.skipped] == ["notify_warehouse"]
-    # The page shows these files as the program's output and its log line.
+    # The page shows these files as the program's output and its log line;
+    # if the report's format changed on purpose, regenerate them with
+    #   python docs/snippets/shutdown_report.py > docs/snippets/shutdown_report.out \
+    #       2> docs/snippets/shutdown_report.log
     assert capsys.readouterr().out == (SNIPPETS / "shutdown_report.out").read_text()
     [logged] = [r.getMessage() for r in caplog.records if r.name == "trio_background"]
     assert f"{logged}\n" == (SNIPPETS / "shutdown_report.log").read_text()
@@ -249,7 +255,8 @@ async def test_porting_add_task_and_await_tasks(
     snippet = load_snippet("porting")
     await snippet.main()
     print(*snippet.log, sep="\n")  # what the snippet prints when run as a program
-    # The page shows this file as the program's output.
+    # The page shows this file as the program's output (regenerate with
+    # python docs/snippets/porting.py > docs/snippets/porting.out).
     assert capsys.readouterr().out == (SNIPPETS / "porting.out").read_text()
     assert snippet.log[-1] == "states: completed, failed, skipped"
 
@@ -264,6 +271,14 @@ def test_every_snippet_is_tested_and_shown() -> None:
     pages = "\n".join(path.read_text() for path in DOCS.rglob("*.rst"))
     included = set(re.findall(r"literalinclude:: (?:\.\./)*snippets/([\w.]+)", pages))
     assert included == {path.name for path in SNIPPETS.iterdir() if path.is_file()}
+
+
+def test_api_reference_covers_the_public_surface() -> None:
+    api = (DOCS / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. auto(?:class|function|data):: (\w+)$", api, re.M))
+    public = set(trio_background.__all__) | set(trio_background.testing.__all__)
+    public |= set(trio_background.fastapi.__all__)
+    assert public - documented == set(), "add these to docs/api.rst"
 
 
 def test_docs_build_without_warnings(tmp_path: Path) -> None:

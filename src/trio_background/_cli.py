@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     config = Config()
     config.bind = [args.bind]
     config.accesslog = "-"
+    # Hypercorn writes its own logs to stderr; without this they would also
+    # reach the root handler above and be printed twice.
+    for name in ("hypercorn.error", "hypercorn.access"):
+        logging.getLogger(name).propagate = False
     report = trio.run(partial(serve, app, config, mode=args.mode, drain_timeout=args.drain_timeout))
     if args.report_json is not None:
         args.report_json.write_text(report.to_json() + "\n")

@@ -329,9 +329,11 @@ class Supervisor:
         for flight in state.in_flight.values():
             flight.scope.deadline = min(flight.scope.deadline, deadline)
         logger.info(
-            "shutdown: %d batches running, %s",
+            "shutdown: %s (%d batches running; batches that start later share the deadline)",
+            "cancelling background tasks now"
+            if mode == "cancel"
+            else f"draining background tasks for up to {timeout:g}s",
             len(state.in_flight),
-            "cancelling them now" if mode == "cancel" else f"draining them for up to {timeout:g}s",
         )
 
     def time_until_deadline(self) -> float:
@@ -388,8 +390,8 @@ class Supervisor:
     def close(self) -> ShutdownReport:
         """Make the final report and log it, once; later calls return it again.
 
-        The log is one summary line at INFO when every task completed, else
-        at WARNING, followed by a line naming the tasks that did not complete.
+        The log is one line: the summary at INFO when every task completed,
+        else at WARNING, naming the tasks that did not complete.
         """
         state = self._state()
         if state.final is not None:

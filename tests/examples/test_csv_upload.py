@@ -25,7 +25,7 @@ def upload_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "uploads"
     directory.mkdir()
     monkeypatch.setattr(csv_upload, "UPLOAD_DIR", str(directory))
-    monkeypatch.setattr(csv_upload, "_unprocessed", set())
+    monkeypatch.setattr(csv_upload, "_unprocessed", set[Path]())
     return directory
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 
 import httpx
 import pytest
@@ -41,8 +42,10 @@ async def test_tasks_run_in_order_after_the_response(
     assert report.count("completed") == 3
     assert [r.name for r in report.completed] == ["slow_task_1", "slow_task_2", "cleanup_task"]
     assert [r.index for r in report.completed] == [0, 1, 2]
-    for before, after in zip(report.completed, report.completed[1:], strict=False):
-        assert before.ended_at <= (after.started_at or 0.0)
+    for before, after in pairwise(report.completed):
+        assert before.ended_at is not None
+        assert after.started_at is not None
+        assert before.ended_at <= after.started_at
     # The seed's durations are what the tasks asked for.
     assert gate.calls == [2.0, 3.0]
     assert example_log(caplog) == [

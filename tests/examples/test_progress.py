@@ -7,6 +7,7 @@ it, with a short pause between polls and a bound on the whole.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -42,6 +43,10 @@ async def poll(
             await trio.sleep(0.01)
 
 
+def has_progress(count: int, record: dict[str, Any]) -> bool:
+    return bool(record["progress"] == count)
+
+
 async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = Gate()
     monkeypatch.setattr(progress, "simulate_work", gate)
@@ -74,7 +79,7 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
             }
             for item in (1, 2):
                 gate.step()
-                [*_, record] = await poll(client, "job1", lambda r, n=item: r["progress"] == n)
+                [*_, record] = await poll(client, "job1", partial(has_progress, item))
                 assert record == {
                     "status": "running",
                     "progress": item,

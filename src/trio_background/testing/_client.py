@@ -133,7 +133,7 @@ class BackgroundClient(httpx.AsyncClient):
     response is complete; the batch keeps running in the client's nursery.
 
     Attributes:
-        middleware: The :class:`BackgroundTasksMiddleware` the app runs in.
+        middleware: The :class:`~trio_background.BackgroundTasksMiddleware` the app runs in.
         app_errors: Exceptions the app raised after completing a response.
     """
 
@@ -167,7 +167,7 @@ class BackgroundClient(httpx.AsyncClient):
         Sets the batch deadline (``mode`` and ``drain_timeout`` default to the
         middleware's), lets requests being handled finish (their batches get
         the same deadline), waits until every batch has ended, and returns the
-        final :class:`ShutdownReport`. Calling it again returns the same
+        final :class:`~trio_background.ShutdownReport`. Calling it again returns the same
         report.
         """
         if self.report is None:
@@ -243,7 +243,7 @@ async def open_client(
     to that implicit shutdown) and runs lifespan shutdown.
 
     Args:
-        app: Any ASGI app; it is wrapped in :class:`BackgroundTasksMiddleware`
+        app: Any ASGI app; it is wrapped in :class:`~trio_background.BackgroundTasksMiddleware`
             unless it is one (a middleware inside it defers to that one).
         base_url: The URL requests are relative to.
         mode: Shutdown mode on exit (None: the middleware's).

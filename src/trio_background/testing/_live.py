@@ -39,6 +39,7 @@ class LiveServer:
 
     @property
     def supervisor(self) -> Supervisor:
+        """The supervisor that runs the app's batches."""
         return self.middleware.supervisor
 
     async def shutdown(
