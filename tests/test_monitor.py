@@ -7,7 +7,7 @@ import re
 import pytest
 import trio
 import trio.testing
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from trio_background import (
     BackgroundTasks,
@@ -17,6 +17,7 @@ from trio_background import (
     TaskState,
     monitor,
     report_progress,
+    supervisor_from_scope,
 )
 from trio_background.fastapi import BackgroundTasks as BackgroundTasksDependency
 from trio_background.testing import open_client
@@ -198,3 +199,22 @@ async def test_monitor_without_a_supervisor_says_what_to_do() -> None:
         RuntimeError, match=r"^the task monitor serves HTTP only, got a 'websocket'"
     ):
         await bare({"type": "websocket"}, receive, send)
+
+
+async def test_endpoint_reaches_the_supervisor_from_its_scope(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = progress_app()
+
+    @app.get("/status/{task_id}")
+    async def status(task_id: str, request: Request) -> dict[str, object]:
+        record = supervisor_from_scope(request.scope).task(task_id)
+        return {"state": None if record is None else record.state.value}
+
+    async with open_client(app) as client:
+        task_id = (await client.post("/crunch")).json()["id"]
+        assert (await client.get(f"/status/{task_id}")).json() == {"state": "running"}
+        await client.wait_idle()
+        assert (await client.get(f"/status/{task_id}")).json() == {"state": "completed"}
+    with pytest.raises(RuntimeError, match=r"^this request has no background tasks batch: "):
+        supervisor_from_scope({"type": "http"})

@@ -26,6 +26,7 @@ def test_public_names() -> None:
         "monitor",
         "report_progress",
         "serve",
+        "supervisor_from_scope",
     }
     for name in trio_background.__all__:
         obj = getattr(trio_background, name)

@@ -8,6 +8,7 @@ and reports what happened to each.
 
 from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
 from ._middleware import from_scope as from_scope
+from ._middleware import supervisor_from_scope as supervisor_from_scope
 from ._monitor import TaskMonitor as TaskMonitor
 from ._monitor import monitor as monitor
 from ._progress import Progress as Progress
@@ -40,4 +41,5 @@ __all__ = [
     "monitor",
     "report_progress",
     "serve",
+    "supervisor_from_scope",
 ]

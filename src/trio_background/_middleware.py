@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._runner import ErrorHook, OnError
     from ._tasks import BackgroundTasks
 
-__all__ = ["BackgroundTasksMiddleware", "from_scope"]
+__all__ = ["BackgroundTasksMiddleware", "from_scope", "supervisor_from_scope"]
 
 logger = logging.getLogger("trio_background")
 
@@ -44,8 +44,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Keys this library puts in ASGI scopes. The exchange key marks an HTTP
-# request whose batch an (outer) middleware owns; the middleware key names
-# that middleware (for the monitor) and marks a lifespan scope it watches.
+# request whose batch an (outer) middleware owns; the middleware key marks a
+# lifespan scope that a middleware already watches.
 EXCHANGE_KEY = "trio_background.exchange"
 MIDDLEWARE_KEY = "trio_background.middleware"
 
@@ -89,6 +89,10 @@ class _Exchange:
         return self._batch
 
     @property
+    def supervisor(self) -> Supervisor:
+        return self._supervisor
+
+    @property
     def has_tasks(self) -> bool:
         return self._batch is not None and bool(self._batch.tasks)
 
@@ -110,6 +114,21 @@ class _Exchange:
                 self.complete = True
 
 
+def _exchange(scope: Scope) -> _Exchange:
+    exchange = scope.get(EXCHANGE_KEY)
+    if isinstance(exchange, _Exchange):
+        return exchange
+    if scope.get("type") != "http":
+        raise RuntimeError(
+            f"only HTTP requests have background tasks, and this is a {scope.get('type')!r} scope"
+        )
+    raise RuntimeError(
+        "this request has no background tasks batch: BackgroundTasksMiddleware is not "
+        "installed. Add it with app.add_middleware(BackgroundTasksMiddleware) "
+        "(Starlette, FastAPI), or wrap the ASGI app: app = BackgroundTasksMiddleware(app)"
+    )
+
+
 def from_scope(scope: Scope) -> BackgroundTasks:
     """The batch of the HTTP request that ``scope`` belongs to.
 
@@ -120,18 +139,19 @@ def from_scope(scope: Scope) -> BackgroundTasks:
         RuntimeError: The scope has no batch: the middleware is not installed,
             or the scope is not an HTTP request.
     """
-    exchange = scope.get(EXCHANGE_KEY)
-    if isinstance(exchange, _Exchange):
-        return exchange.batch
-    if scope.get("type") != "http":
-        raise RuntimeError(
-            f"only HTTP requests have background tasks, and this is a {scope.get('type')!r} scope"
-        )
-    raise RuntimeError(
-        "this request has no background tasks batch: BackgroundTasksMiddleware is not "
-        "installed. Add it with app.add_middleware(BackgroundTasksMiddleware) "
-        "(Starlette, FastAPI), or wrap the ASGI app: app = BackgroundTasksMiddleware(app)"
-    )
+    return _exchange(scope).batch
+
+
+def supervisor_from_scope(scope: Scope) -> Supervisor:
+    """The supervisor that runs the batches of the request ``scope`` belongs to.
+
+    For endpoints that look tasks up (``supervisor.task(task_id)``) or show
+    the supervisor's state; in Starlette or FastAPI, pass ``request.scope``.
+
+    Raises:
+        RuntimeError: As :func:`from_scope`.
+    """
+    return _exchange(scope).supervisor
 
 
 def _request_label(scope: Scope) -> str:
@@ -239,7 +259,6 @@ class BackgroundTasksMiddleware:
             self._trio_checked = True
         exchange = _Exchange(send, self.supervisor)
         scope[EXCHANGE_KEY] = exchange
-        scope[MIDDLEWARE_KEY] = self
         try:
             await self.app(scope, receive, exchange)
         except BaseException as exc:

@@ -18,7 +18,7 @@ import html
 import json
 from typing import TYPE_CHECKING, Any
 
-from ._middleware import MIDDLEWARE_KEY, BackgroundTasksMiddleware
+from ._middleware import EXCHANGE_KEY, supervisor_from_scope
 
 if TYPE_CHECKING:
     from ._middleware import Receive, Scope, Send
@@ -61,8 +61,7 @@ class TaskMonitor:
             )
         supervisor = self.supervisor
         if supervisor is None:
-            middleware = scope.get(MIDDLEWARE_KEY)
-            if not isinstance(middleware, BackgroundTasksMiddleware):
+            if EXCHANGE_KEY not in scope:
                 await _respond(
                     send,
                     500,
@@ -71,7 +70,7 @@ class TaskMonitor:
                     "BackgroundTasksMiddleware, or pass one: monitor(supervisor=...)",
                 )
                 return
-            supervisor = middleware.supervisor
+            supervisor = supervisor_from_scope(scope)
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, "text/plain", "the task monitor is read-only: use GET")
             return
