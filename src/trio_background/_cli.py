@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     config = Config()
     config.bind = [args.bind]
     config.accesslog = "-"
-    # Hypercorn writes its own logs to stderr; without this they would also
-    # reach the root handler above and be printed twice.
+    # Hypercorn writes its own logs to stderr through handlers it sets up when
+    # its logger is first made; stop them also reaching the root handler
+    # above, which would print each line twice.
+    config.log  # noqa: B018 - makes Hypercorn's loggers now
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).propagate = False
     report = trio.run(partial(serve, app, config, mode=args.mode, drain_timeout=args.drain_timeout))
