@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 import trio.testing
+from fastapi import FastAPI
+from sphinx.util import parselinenos
 
 import trio_background
 import trio_background.fastapi
@@ -259,6 +261,182 @@ async def test_porting_add_task_and_await_tasks(
     # python docs/snippets/porting.py > docs/snippets/porting.out).
     assert capsys.readouterr().out == (SNIPPETS / "porting.out").read_text()
     assert snippet.log[-1] == "states: completed, failed, skipped"
+
+
+# examples.rst: the seed's code (docs/seed/, verbatim), each example beside
+# it, and the port's lines highlighted. Sphinx does not check that the
+# highlighted lines are the right ones: these tests do.
+
+EXAMPLES = DOCS.parent / "examples"
+PORT_LINES = {
+    "from trio_background import BackgroundTasksMiddleware",
+    "from trio_background.fastapi import BackgroundTasks",
+    "app.add_middleware(BackgroundTasksMiddleware)",
+}
+# What the listing of the example that goes beyond the port highlights.
+BUILTIN_PROGRESS = re.compile(
+    r"report_progress\(|\.add_task\(.*\)\.id$|supervisor_from_scope\(|^app\.mount\("
+)
+
+
+def _directives(page: str) -> list[tuple[str, str, dict[str, str], list[str]]]:
+    """Each ``literalinclude`` and ``code-block`` of ``page``, in order.
+
+    Returns ``(directive, argument, options, content)`` tuples; the content
+    lines are dedented.
+    """
+    found: list[tuple[str, str, dict[str, str], list[str]]] = []
+    lines = page.splitlines()
+    for number, line in enumerate(lines):
+        match = re.fullmatch(r"(\s*)\.\. (literalinclude|code-block):: (.+)", line)
+        if match is None:
+            continue
+        indent = len(match[1]) + 3
+        options: dict[str, str] = {}
+        body: list[str] = []
+        for following in lines[number + 1 :]:
+            option = re.fullmatch(rf"\s{{{indent}}}:([\w-]+):\s*(.*)", following)
+            if option is not None and not body:
+                options[option[1]] = option[2]
+            elif not following.strip() or following.startswith(" " * indent):
+                body.append(following[indent:])
+            else:
+                break
+        while body and not body[-1]:
+            body.pop()
+        found.append((match[2], match[3], options, body[1:] if body[:1] == [""] else body))
+    return found
+
+
+def _shown_and_emphasized(argument: str, options: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The lines a ``literalinclude`` shows, and those it highlights."""
+    lines = (DOCS / argument).read_text().splitlines()
+    if "start-at" in options:
+        lines = lines[lines.index(options["start-at"]) :]
+    indexes = parselinenos(options.get("emphasize-lines", ""), len(lines))
+    return lines, [lines[i] for i in indexes]
+
+
+def test_examples_page_shows_each_seed_and_example() -> None:
+    included = [
+        a
+        for d, a, _, _ in _directives((DOCS / "examples.rst").read_text())
+        if d == "literalinclude"
+    ]
+    seeds = {path.stem for path in (DOCS / "seed").glob("*.py")}
+    examples = {path.stem for path in EXAMPLES.glob("*.py")} - {"__init__", "demo"}
+    assert len(seeds) == 9
+    assert examples == seeds | {"progress_builtin"}
+    assert sorted(included) == sorted(
+        [f"seed/{name}.py" for name in seeds] + [f"../examples/{name}.py" for name in examples]
+    )
+    for name in examples:
+        assert (DOCS.parent / "tests" / "examples" / f"test_{name}.py").is_file()
+
+
+def test_examples_page_highlights_the_right_lines() -> None:
+    for directive, argument, options, _ in _directives((DOCS / "examples.rst").read_text()):
+        if directive != "literalinclude":
+            continue
+        shown, emphasized = _shown_and_emphasized(argument, options)
+        if argument.startswith("seed/"):
+            assert emphasized == [line for line in shown if line.startswith("from fastapi import")]
+            assert "BackgroundTasks" in emphasized[0]
+        elif argument == "../examples/progress_builtin.py":
+            assert emphasized
+            assert all(BUILTIN_PROGRESS.search(line) for line in emphasized), emphasized
+        else:
+            # Exactly the port's lines, each shown once, and all of them.
+            assert sorted(emphasized) == sorted(PORT_LINES), argument
+            assert sorted(line for line in shown if line in PORT_LINES) == sorted(PORT_LINES)
+
+
+def test_examples_page_diffs_are_the_port_of_the_seed_shown_next() -> None:
+    directives = _directives((DOCS / "examples.rst").read_text())
+    diffs = 0
+    for position, (directive, argument, _, body) in enumerate(directives):
+        if (directive, argument) != ("code-block", "diff"):
+            continue
+        diffs += 1
+        seed = next(a for _, a, _, _ in directives[position:] if a.startswith("seed/"))
+        seed_lines = (DOCS / seed).read_text().splitlines()
+        removed = [line[1:] for line in body if line.startswith("-")]
+        added = [line[1:] for line in body if line.startswith("+")]
+        kept = [line[1:] for line in body if line.startswith(" ")]
+        assert [line[:1] for line in body if line] == ["-", "+", "+", "+", " ", "+"]
+        [old_import] = removed
+        assert old_import in seed_lines
+        assert all(line in seed_lines for line in kept)
+        assert added[0] == old_import.replace(", BackgroundTasks", "")
+        assert set(added[1:]) == PORT_LINES
+    assert diffs == 10  # "The change", then each example that has a seed
+
+
+# monitoring.rst
+
+
+async def test_monitoring_ids_progress_and_the_monitor(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("monitoring")
+    async with open_client(snippet.app) as client:
+        assert (await client.post("/imports", params={"rows": 3})).json() == {"id": "1.0"}
+        await trio.sleep(1.5)  # import_contacts is on its second row
+        running = (await client.get("/imports/1.0")).json()
+        snapshot = (await client.get("/admin/tasks/tasks")).json()
+        page = await client.get("/admin/tasks/")
+        await client.wait_idle()
+        imported = (await client.get("/imports/1.0")).json()
+        resized = (await client.get("/imports/1.1")).json()
+        missing = await client.get("/imports/7.0")
+        assert client.supervisor.keep_records == 500
+    assert running["state"] == "running"
+    assert running["request"] == "POST /imports"
+    assert running["progress"] == {"done": 1, "total": 3, "message": "row 2 of 3"}
+    assert running["ended_at"] is None
+    assert [(r["id"], r["state"]) for r in snapshot["active"]] == [
+        ("1.0", "running"),
+        ("1.1", "pending"),
+    ]
+    assert page.status_code == 200
+    assert "<title>Background tasks</title>" in page.text
+    assert imported["state"] == "completed"
+    assert imported["progress"] == {"done": 3, "total": 3, "message": "done"}
+    assert imported["ended_at"] == 3
+    # The sync task reported from its worker thread.
+    assert resized["state"] == "completed"
+    assert resized["progress"] == {"done": 3, "total": 3, "message": None}
+    assert missing.status_code == 404
+
+
+def test_monitoring_report_progress_outside_a_task_says_so() -> None:
+    with pytest.raises(RuntimeError) as raised:
+        trio_background.report_progress(1, 2)
+    # The page quotes the message.
+    page = " ".join((DOCS / "monitoring.rst").read_text().split())
+    assert f"RuntimeError: {raised.value}" in page
+
+
+async def test_monitor_auth_needs_the_token(
+    load_snippet: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret")
+    snippet = load_snippet("monitor_auth")
+    async with open_client(snippet.app) as client:
+        missing = await client.get("/admin/tasks/tasks")
+        wrong = await client.get("/admin/tasks/", headers={"authorization": "Bearer nope"})
+        allowed = await client.get("/admin/tasks/tasks", headers={"authorization": "Bearer s3cret"})
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert allowed.status_code == 200
+    assert allowed.json()["counts"]["completed"] == 0
+
+    # An empty token (ADMIN_TOKEN set but blank) lets nobody in.
+    locked = FastAPI()
+    locked.mount("/admin", snippet.admin_only(trio_background.monitor(), ""))
+    async with open_client(locked) as client:
+        refused = await client.get("/admin/tasks", headers={"authorization": "Bearer "})
+    assert refused.status_code == 401
 
 
 # The docs as a whole

@@ -39,6 +39,13 @@ CHROMIUM_ARGS = [
 ]
 
 
+async def import_contacts(steps: list[trio.Event]) -> None:
+    for done, step in enumerate(steps):
+        report_progress(done, len(steps), message=f"batch {done + 1} of {len(steps)}")
+        await step.wait()
+    report_progress(len(steps), len(steps), message="done")
+
+
 async def test_progress_bar_moves_and_task_completes() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -47,15 +54,9 @@ async def test_progress_bar_moves_and_task_completes() -> None:
     app.mount("/admin/tasks", monitor(poll_interval=0.1))
     steps = [trio.Event() for _ in range(3)]
 
-    async def import_contacts() -> None:
-        for done, step in enumerate(steps):
-            report_progress(done, len(steps), message=f"batch {done + 1} of {len(steps)}")
-            await step.wait()
-        report_progress(len(steps), len(steps), message="done")
-
     @app.post("/import")
     async def start(background_tasks: BackgroundTasks) -> dict[str, str | None]:
-        return {"id": background_tasks.add_task(import_contacts).id}
+        return {"id": background_tasks.add_task(import_contacts, steps).id}
 
     async with open_live_server(app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
