@@ -410,3 +410,21 @@ async def test_fastapi_dependency_costs_no_thread_hop(monkeypatch: pytest.Monkey
         await client.wait_idle()
         monkeypatch.undo()
     assert calls == []
+
+
+async def test_request_that_adds_no_task_makes_no_batch() -> None:
+    ids: list[str | None] = []
+
+    async def raw(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/with-task":
+            ids.append(from_scope(scope).add_task(lambda: None).id)
+        await send_text(send, "ok")
+
+    async with open_client(BackgroundTasksMiddleware(raw)) as client:
+        for _ in range(3):
+            await client.get("/plain")
+        await client.get("/with-task")
+        report = await client.shutdown()
+    # Batch numbers are taken when a batch is made: the plain requests made none.
+    assert ids == ["1.0"]
+    assert report.total == 1
