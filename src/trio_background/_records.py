@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ._progress import Progress
 
-__all__ = ["FINAL_STATES", "ShutdownReport", "TaskRecord"]
+__all__ = ["FINAL_STATES", "RawRecord", "ShutdownReport", "TaskRecord", "build_record"]
 
 FINAL_STATES: tuple[TaskState, ...] = (
     TaskState.COMPLETED,
@@ -73,6 +73,41 @@ class TaskRecord:
         if self.progress is not None:
             data["progress"] = self.progress._asdict()
         return data
+
+
+# What the runner hands the supervisor for each task: a plain tuple, cheap to
+# make and to keep, turned into a TaskRecord only when someone looks. Fields:
+# name, state, error text, reason, request, batch, index, and the start and end
+# times on trio's clock (absolute), and the last progress.
+RawRecord = tuple[
+    str,
+    TaskState,
+    "str | None",
+    "str | None",
+    str,
+    int,
+    int,
+    "float | None",
+    "float | None",
+    "Progress | None",
+]
+
+
+def build_record(raw: RawRecord, epoch: float) -> TaskRecord:
+    """The :class:`TaskRecord` for ``raw``, with times relative to ``epoch``."""
+    name, state, error, reason, request, batch, index, started, ended, progress = raw
+    return TaskRecord(
+        name=name,
+        state=state,
+        error=error,
+        reason=reason,
+        request=request,
+        batch=batch,
+        index=index,
+        started_at=None if started is None else round(started - epoch, 6),
+        ended_at=None if ended is None else round(ended - epoch, 6),
+        progress=progress,
+    )
 
 
 def _empty_counts() -> dict[str, int]:

@@ -19,7 +19,7 @@ from typing import Literal
 
 import trio
 
-from ._records import TaskRecord
+from ._records import RawRecord, TaskRecord, build_record
 from ._tasks import BackgroundTask, BackgroundTasks, TaskState
 
 __all__ = ["BatchRun", "ErrorHook", "OnError", "run_batch"]
@@ -40,8 +40,8 @@ class BatchRun:
     on_error: OnError
     error_hook: ErrorHook | None
     epoch: float
-    emit: Callable[[TaskRecord, bool], None]
-    """Receives each record, and whether a cancellation cut the task."""
+    emit: Callable[[RawRecord, bool], None]
+    """Receives each task's record, and whether a cancellation cut the task."""
     cancel_scope: trio.CancelScope
 
 
@@ -51,29 +51,21 @@ def _format_error(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _since(epoch: float) -> float:
-    return round(trio.current_time() - epoch, 6)
-
-
-def _record(
-    task: BackgroundTask, run: BatchRun, index: int, started_at: float | None
-) -> TaskRecord:
-    return TaskRecord(
-        name=task.name,
-        state=task.state,
-        error=None if task.error is None else _format_error(task.error),
-        reason=task.reason,
-        request=run.request,
-        batch=run.number,
-        index=index,
-        started_at=None if task.state is TaskState.SKIPPED else started_at,
-        ended_at=_since(run.epoch),
-        progress=task.progress,
+def _raw(task: BackgroundTask, run: BatchRun, index: int, ended: float) -> RawRecord:
+    error = task.error
+    state = task.state
+    return (
+        task.name,
+        state,
+        None if error is None else _format_error(error),
+        task.reason,
+        run.request,
+        run.number,
+        index,
+        None if state is TaskState.SKIPPED else task.started_at,
+        ended,
+        task.progress,
     )
-
-
-def _deadline_passed(scope: trio.CancelScope) -> bool:
-    return scope.cancel_called or trio.current_time() >= scope.deadline
 
 
 async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:
@@ -91,30 +83,37 @@ async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:
         every task of the batch has been recorded.
     """
     tasks = batch.tasks
+    emit = run.emit
+    scope = run.cancel_scope
     index = 0
     stop_reason: str | None = None
+    # No checkpoint between reading the clock and starting the next task, so
+    # the time a task ended is also the time the next one is judged by.
+    clock = trio.lowlevel.current_clock()
+    now = clock.current_time()
     try:
         while index < len(tasks):
             task = tasks[index]
             if task.state is not TaskState.PENDING:
                 # Run by hand (await task()) or discarded before the batch ran.
-                run.emit(_record(task, run, index, None), False)
+                emit(_raw(task, run, index, now), False)
                 index += 1
                 continue
             if stop_reason is not None:
                 task.skip(stop_reason)
-                run.emit(_record(task, run, index, None), False)
+                emit(_raw(task, run, index, now), False)
                 index += 1
                 continue
-            if _deadline_passed(run.cancel_scope):
+            if now >= scope.deadline:
                 break
-            started_at = _since(run.epoch)
             try:
                 await task.run(limiter=run.limiter)
             except Exception as exc:
-                record = _record(task, run, index, started_at)
+                now = clock.current_time()
+                raw = _raw(task, run, index, now)
                 index += 1
-                run.emit(record, False)
+                emit(raw, False)
+                record = build_record(raw, run.epoch)
                 logger.error(
                     "background task %s (%s) failed, for request %s",
                     task.name,
@@ -126,24 +125,28 @@ async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:
                     stop_reason = f"task {record.id} ({task.name}) failed and on_error='stop'"
                 if run.error_hook is not None:
                     await _call_hook(run.error_hook, record, exc)
+                    now = clock.current_time()
             except BaseException:
-                run.emit(_record(task, run, index, started_at), True)
+                now = clock.current_time()
+                emit(_raw(task, run, index, now), True)
                 index += 1
                 raise
             else:
-                run.emit(_record(task, run, index, started_at), False)
+                now = clock.current_time()
+                emit(_raw(task, run, index, now), False)
                 index += 1
     finally:
         # Only a cancellation (or an error that is not a task's) leaves the loop
         # early: whatever is left never started.
-        if _deadline_passed(run.cancel_scope):
+        now = clock.current_time()
+        if now >= scope.deadline:
             reason = "the shutdown deadline passed before it started"
         else:
             reason = "the batch was cancelled before it started"
         while index < len(tasks):
             task = tasks[index]
             task.skip(reason)
-            run.emit(_record(task, run, index, None), True)
+            emit(_raw(task, run, index, now), True)
             index += 1
         batch.close("its batch has finished")
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import trio
 
-from ._records import FINAL_STATES, ShutdownReport, TaskRecord
+from ._records import FINAL_STATES, RawRecord, ShutdownReport, TaskRecord, build_record
 from ._runner import BatchRun, ErrorHook, OnError, run_batch
 from ._tasks import BackgroundTasks, TaskState
 
@@ -122,24 +122,36 @@ class _RunState:
         self.in_flight: dict[int, _InFlight] = {}
         self.idle = trio.Event()
         self.idle.set()
-        self.counts = {state.value: 0 for state in FINAL_STATES}
+        self.counts_by_state = dict.fromkeys(FINAL_STATES, 0)
         keep = supervisor.keep_records
-        self.recent: dict[TaskState, deque[TaskRecord]] = {
+        self.recent: dict[TaskState, deque[RawRecord]] = {
             state: deque(maxlen=keep) for state in FINAL_STATES
         }
-        self.cut: list[TaskRecord] = []
+        self.cut: list[RawRecord] = []
         self.mode: Mode | None = None
         self.drain_timeout: float | None = None
         self.shutdown_started_at: float | None = None
         self.deadline = math.inf  # on trio's clock
         self.final: ShutdownReport | None = None
 
-    def emit(self, record: TaskRecord, cut: bool) -> None:
-        self.counts[record.state.value] += 1
+    def emit(self, raw: RawRecord, cut: bool) -> None:
+        state = raw[1]
+        self.counts_by_state[state] += 1
         if cut or self.shutdown_started_at is not None:
-            self.cut.append(record)
+            self.cut.append(raw)
         else:
-            self.recent[record.state].append(record)
+            self.recent[state].append(raw)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {state.value: n for state, n in self.counts_by_state.items()}
+
+    def kept(self) -> list[RawRecord]:
+        """Every kept raw record, in batch order then task order."""
+        kept = [raw for records in self.recent.values() for raw in records]
+        kept.extend(self.cut)
+        kept.sort(key=lambda raw: (raw[5], raw[6]))
+        return kept
 
     def since(self, when: float) -> float:
         return round(when - self.epoch, 6)
@@ -282,20 +294,22 @@ class Supervisor:
         """Record every task of ``batch`` as ``skipped`` for ``reason``, unrun."""
         state = self._state()
         number = self._number(batch)
-        ended_at = state.since(trio.current_time())
+        now = trio.current_time()
         for index, task in enumerate(batch.tasks):
             task.skip(reason)
+            started = None if task.state is TaskState.SKIPPED else task.started_at
             state.emit(
-                TaskRecord(
-                    name=task.name,
-                    state=task.state,
-                    error=None,
-                    reason=task.reason,
-                    request=request,
-                    batch=number,
-                    index=index,
-                    started_at=None,
-                    ended_at=ended_at,
+                (
+                    task.name,
+                    task.state,
+                    None,
+                    task.reason,
+                    request,
+                    number,
+                    index,
+                    started,
+                    now,
+                    None,
                 ),
                 False,
             )
@@ -366,13 +380,9 @@ class Supervisor:
     def report(self) -> ShutdownReport:
         """The report as it stands now (counts so far, records kept so far)."""
         state = self._state()
-        by_state: dict[TaskState, list[TaskRecord]] = {
-            s: list(state.recent[s]) for s in FINAL_STATES
-        }
-        for record in state.cut:
-            by_state[record.state].append(record)
-        for records in by_state.values():
-            records.sort(key=lambda r: (r.batch, r.index))
+        by_state: dict[TaskState, list[TaskRecord]] = {s: [] for s in FINAL_STATES}
+        for raw in state.kept():
+            by_state[raw[1]].append(build_record(raw, state.epoch))
         started = state.shutdown_started_at
         return ShutdownReport(
             mode=state.mode,
@@ -442,13 +452,14 @@ class Supervisor:
         if flight is not None and index < len(flight.batch.tasks):
             if not flight.batch.tasks[index].state.is_final:
                 return self._live(flight, index)
-        for record in state.cut:
-            if record.id == task_id:
-                return record
+        key = (int(batch_text), index)
+        for raw in state.cut:
+            if (raw[5], raw[6]) == key:
+                return build_record(raw, state.epoch)
         for records in state.recent.values():
-            for record in records:
-                if record.id == task_id:
-                    return record
+            for raw in records:
+                if (raw[5], raw[6]) == key:
+                    return build_record(raw, state.epoch)
         return None
 
     def snapshot(self) -> Snapshot:
@@ -461,10 +472,7 @@ class Supervisor:
             if not task.state.is_final
         ]
         active.sort(key=lambda r: (r.batch, r.index))
-        report = self.report()
-        finished = sorted(
-            (r for s in FINAL_STATES for r in report.records(s)), key=lambda r: (r.batch, r.index)
-        )
+        finished = [build_record(raw, state.epoch) for raw in state.kept()]
         deadline = state.deadline
         return Snapshot(
             shutting_down=state.shutdown_started_at is not None,
