@@ -36,6 +36,7 @@ class BatchRun:
 
     number: int
     request: str
+    batch: BackgroundTasks
     limiter: trio.CapacityLimiter | None
     on_error: OnError
     error_hook: ErrorHook | None

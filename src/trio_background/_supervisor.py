@@ -74,13 +74,6 @@ class SupervisorStatistics:
     counts: dict[str, int]
 
 
-@dataclass(slots=True)
-class _InFlight:
-    scope: trio.CancelScope
-    batch: BackgroundTasks
-    request: str
-
-
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the supervisor is doing now, from :meth:`Supervisor.snapshot`.
@@ -119,9 +112,9 @@ class _RunState:
         self.epoch = trio.current_time()
         self.limiter = trio.CapacityLimiter(supervisor.thread_limit)
         self.next_batch = 1
-        self.in_flight: dict[int, _InFlight] = {}
-        self.idle = trio.Event()
-        self.idle.set()
+        self.in_flight: dict[int, BatchRun] = {}
+        # Made only when someone waits for idleness: most requests never do.
+        self.idle: trio.Event | None = None
         self.counts_by_state = dict.fromkeys(FINAL_STATES, 0)
         keep = supervisor.keep_records
         self.recent: dict[TaskState, deque[RawRecord]] = {
@@ -254,12 +247,10 @@ class Supervisor:
         state = self._state()
         number = self._number(batch)
         scope = trio.CancelScope(deadline=state.deadline)
-        if not state.in_flight:
-            state.idle = trio.Event()
-        state.in_flight[number] = _InFlight(scope, batch, request)
         run = BatchRun(
             number=number,
             request=request,
+            batch=batch,
             limiter=state.limiter,
             on_error=self.on_error,
             error_hook=self.error_hook,
@@ -267,13 +258,15 @@ class Supervisor:
             emit=state.emit,
             cancel_scope=scope,
         )
+        state.in_flight[number] = run
         try:
             with scope:
                 await run_batch(batch, run)
         finally:
             del state.in_flight[number]
-            if not state.in_flight:
+            if not state.in_flight and state.idle is not None:
                 state.idle.set()
+                state.idle = None
 
     def open_batch(self) -> BackgroundTasks:
         """A new batch, numbered now, so its tasks get ids as they are added."""
@@ -341,7 +334,7 @@ class Supervisor:
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
         for flight in state.in_flight.values():
-            flight.scope.deadline = min(flight.scope.deadline, deadline)
+            flight.cancel_scope.deadline = min(flight.cancel_scope.deadline, deadline)
         logger.info(
             "shutdown: %s (%d batches running; batches that start later share the deadline)",
             "cancelling background tasks now"
@@ -359,6 +352,8 @@ class Supervisor:
         """Return once no batch is running (at once if none is)."""
         state = self._state()
         while state.in_flight:
+            if state.idle is None:
+                state.idle = trio.Event()
             await state.idle.wait()
         await trio.lowlevel.checkpoint()
 
@@ -420,7 +415,7 @@ class Supervisor:
             logger.warning("%s; not completed: %s", report.summary(), named or "(records not kept)")
         return report
 
-    def _live(self, flight: _InFlight, index: int) -> TaskRecord:
+    def _live(self, flight: BatchRun, index: int) -> TaskRecord:
         state = self._state()
         task = flight.batch.tasks[index]
         return TaskRecord(
