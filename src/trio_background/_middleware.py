@@ -96,6 +96,15 @@ class _Exchange:
     def has_tasks(self) -> bool:
         return self._batch is not None and bool(self._batch.tasks)
 
+    def close(self) -> None:
+        """The app has returned: let go of the server's ``send``.
+
+        The server's send is usually a bound method of an object that holds
+        the scope, which holds this exchange: a reference cycle per request,
+        left to the garbage collector (and its pauses) unless broken here.
+        """
+        self._send = _send_after_return
+
     async def __call__(self, message: Message) -> None:
         await self._send(message)
         kind = message["type"]
@@ -112,6 +121,13 @@ class _Exchange:
         elif kind == "http.response.zerocopysend":
             if not message.get("more_body", False):
                 self.complete = True
+
+
+async def _send_after_return(message: Message) -> None:
+    raise RuntimeError(
+        f"the app sent {message.get('type')!r} after its call returned: keep a "
+        "request's send to the request"
+    )
 
 
 def _exchange(scope: Scope) -> _Exchange:
@@ -262,6 +278,7 @@ class BackgroundTasksMiddleware:
         try:
             await self.app(scope, receive, exchange)
         except BaseException as exc:
+            exchange.close()
             if exchange.has_tasks:
                 self.supervisor.skip(
                     exchange.batch,
@@ -269,6 +286,7 @@ class BackgroundTasksMiddleware:
                     reason=f"the app raised {type(exc).__qualname__} while handling the request",
                 )
             raise
+        exchange.close()
         if exchange.has_tasks:
             if exchange.complete:
                 await self.supervisor.run(exchange.batch, request=_request_label(scope))

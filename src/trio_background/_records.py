@@ -10,7 +10,7 @@ the same numbers, and the same JSON, every time.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._tasks import TaskState
@@ -67,12 +67,20 @@ class TaskRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
-        data = asdict(self)
-        data["state"] = self.state.value
-        data["id"] = self.id
-        if self.progress is not None:
-            data["progress"] = self.progress._asdict()
-        return data
+        progress = self.progress
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "error": self.error,
+            "reason": self.reason,
+            "request": self.request,
+            "batch": self.batch,
+            "index": self.index,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "progress": None if progress is None else progress._asdict(),
+            "id": self.id,
+        }
 
 
 # What the runner hands the supervisor for each task: a plain tuple, cheap to
