@@ -130,3 +130,31 @@ async def test_serve_rejects_bad_options() -> None:
         await serve(app_with(1), mode="soon")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^drain_timeout must be a finite number"):
         await serve(app_with(1), drain_timeout=float("inf"))
+
+
+async def test_heap_frozen_for_the_collector_during_shutdown_only(
+    clock: trio.testing.MockClock,
+) -> None:
+    import gc
+
+    seen: list[int] = []
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+
+    async def watch() -> None:
+        await trio.sleep(3600)
+
+    async def record_gc() -> None:
+        seen.append(gc.get_freeze_count())
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(watch)
+        background_tasks.add_task(record_gc)
+        return {"status": "accepted"}
+
+    assert gc.get_freeze_count() == 0
+    report, _ = await serve_one_request(app, drain_timeout=7200)
+    assert report.all_completed
+    assert seen[0] > 0  # the second task ran during the drain
+    assert gc.get_freeze_count() == 0
