@@ -35,6 +35,17 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Benchmarks against the anchors (about 8 minutes on 2 cores): wrk from Debian
+# when it can be installed, else bench/load.py; prints tables, writes JSON to
+# bench/results/ and the plot to docs/_static/bench.png.
+bench: $(STAMP)
+	command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "bench: no wrk; bench/load.py is used"
+	$(PY) -m bench.run
+
+bench-smoke: $(STAMP)
+	$(PY) -m bench.run --smoke
+
 docs: $(STAMP)
 	$(PY) -m sphinx -nW --keep-going -q -b html docs docs/_build/html
 

@@ -1,0 +1,141 @@
+"""The benchmark program runs and produces every row (timings are not checked).
+
+``python -m bench.run --smoke`` starts real servers for every variant on
+127.0.0.1, drives them with the Python load generator (wrk is not needed),
+and exits; this test keeps that program from rotting. A benchmark measures,
+a test asserts behaviour: nothing here looks at a number's size.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("ours", "fastapi", "starlette", "litestar", "quart_trio", "asgi_background")
+SECTIONS = ("http", "dispatch", "scale", "isolation")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    plot = out / "plot.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), "--plot", str(plot)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    (json_path,) = out.glob("bench-smoke-*.json")
+    return json.loads(json_path.read_text()), proc.stdout, plot
+
+
+def _measured(results: dict[str, Any]) -> list[str]:
+    return [v["key"] for v in results["variants"]]
+
+
+def test_every_variant_is_measured_or_skipped_with_a_reason(
+    smoke: tuple[dict[str, Any], str, Path],
+) -> None:
+    results, _, _ = smoke
+    measured = _measured(results)
+    assert "ours" in measured
+    assert "fastapi" in measured
+    for key in VARIANTS:
+        assert (key in measured) != (key in results["skipped"]), key
+    for reason in results["skipped"].values():
+        assert "not installed" in reason
+
+
+def test_machine_is_described(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, stdout, _ = smoke
+    machine = results["machine"]
+    assert isinstance(machine["cpu_count"], int)
+    assert machine["load_generator"]
+    assert f"Machine: {machine['cpu_count']} cores" in stdout
+
+
+def test_http_rows(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, _, _ = smoke
+    rows = results["sections"]["http"]["rows"]
+    expected = {
+        (key, endpoint) for key in _measured(results) for endpoint in ("none", "async", "sync")
+    }
+    assert {(r["variant"], r["endpoint"]) for r in rows} == expected
+    for row in rows:
+        assert row["rps"] > 0
+        assert row["samples"]
+        assert row["worker"] == "trio"
+    targets = {(r["endpoint"]): r for r in rows if r["variant"] == "ours"}
+    assert isinstance(targets["async"]["passed"], bool)
+    assert isinstance(targets["sync"]["passed"], bool)
+
+
+def test_dispatch_rows(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, _, _ = smoke
+    rows = results["sections"]["dispatch"]["rows"]
+    assert {(r["variant"], r["kind"]) for r in rows} == {
+        (variant, kind) for variant in ("floor", "starlette", "ours") for kind in ("async", "sync")
+    }
+    assert all(r["run_ns"] > 0 for r in rows)
+
+
+def test_scale_rows_and_our_report(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, _, _ = smoke
+    sizes = results["sizes"]
+    rows = results["sections"]["scale"]["rows"]
+    expected = {("ours", count) for count in sizes["scale_counts"]} | {
+        (key, sizes["scale_anchor_count"]) for key in _measured(results) if key != "ours"
+    }
+    assert {(r["variant"], r["tasks"]) for r in rows} == expected
+    for row in rows:
+        assert row["exit_s"] > 0
+        if row["variant"] == "ours":
+            # cancel mode: every pending task is in the report, as cancelled
+            assert row["reported"] is True
+            assert row["exited_by_itself"] is True
+
+
+def test_isolation_rows(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, _, _ = smoke
+    rows = results["sections"]["isolation"]["rows"]
+    assert {(r["variant"], r["state"]) for r in rows} == {
+        (key, state) for key in ("ours", "fastapi") for state in ("idle", "busy")
+    }
+
+
+def test_tables_and_plot(smoke: tuple[dict[str, Any], str, Path]) -> None:
+    results, stdout, plot = smoke
+    for title in ("1. HTTP", "2. Dispatch", "3. Scale and shutdown", "4. Isolation"):
+        assert title in stdout
+    assert set(results["sections"]) == set(SECTIONS)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_and_plot_from_a_results_file(
+    smoke: tuple[dict[str, Any], str, Path], tmp_path: Path
+) -> None:
+    results, stdout, _ = smoke
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    plot = tmp_path / "again.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--from-json", str(source), "--plot", str(plot)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = stdout[stdout.index("Machine:") : stdout.index("bench: results in")]
+    assert table.strip() in proc.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
