@@ -42,6 +42,7 @@ bench: $(STAMP)
 	command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "bench: no wrk; bench/load.py is used"
 	$(PY) -m bench.run
+	$(PY) -m bench.progress_cost
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench.run --smoke
