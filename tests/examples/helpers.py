@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 import trio
 
 
@@ -49,3 +53,27 @@ class Gate:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+async def poll_progress(
+    client: httpx.AsyncClient, task_id: str, until: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Every record ``/task-progress/<id>`` gave, up to the first that ``until`` accepts.
+
+    Polling the progress endpoint is the feature under test in the progress
+    examples, so their tests poll it, with a short pause between polls and a
+    bound on the whole.
+    """
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(10):
+        while True:
+            response = await client.get(f"/task-progress/{task_id}")
+            assert response.status_code == 200
+            seen.append(response.json())
+            if until(seen[-1]):
+                return seen
+            await trio.sleep(0.01)  # the polling interval, not a synchronisation
+
+
+def has_progress(count: int, record: dict[str, Any]) -> bool:
+    return bool(record["progress"] == count)

@@ -8,43 +8,23 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import trio
 
 from examples import progress
 from trio_background.testing import open_live_server
 
-from .helpers import Gate
+from .helpers import Gate, has_progress, poll_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 
 @pytest.fixture(autouse=True)
 def fresh_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress, "task_progress", {})
-
-
-async def poll(
-    client: httpx.AsyncClient, task_id: str, until: Callable[[dict[str, Any]], bool]
-) -> list[dict[str, Any]]:
-    """Every record seen, up to the first one for which ``until`` is true."""
-    seen: list[dict[str, Any]] = []
-    with trio.fail_after(10):
-        while True:
-            response = await client.get(f"/task-progress/{task_id}")
-            assert response.status_code == 200
-            seen.append(response.json())
-            if until(seen[-1]):
-                return seen
-            await trio.sleep(0.01)
-
-
-def has_progress(count: int, record: dict[str, Any]) -> bool:
-    return bool(record["progress"] == count)
 
 
 async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,7 +59,7 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
             }
             for item in (1, 2):
                 gate.step()
-                [*_, record] = await poll(client, "job1", partial(has_progress, item))
+                [*_, record] = await poll_progress(client, "job1", partial(has_progress, item))
                 assert record == {
                     "status": "running",
                     "progress": item,
@@ -87,7 +67,7 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
                     "message": f"Processing item {item} of 3",
                 }
             gate.step()
-            [*_, done] = await poll(client, "job1", lambda r: r["status"] == "completed")
+            [*_, done] = await poll_progress(client, "job1", lambda r: r["status"] == "completed")
         report = await server.shutdown()
 
     assert done == {
@@ -106,7 +86,7 @@ async def test_real_work_with_a_short_pace(monkeypatch: pytest.MonkeyPatch) -> N
         async with httpx.AsyncClient(base_url=server.url) as client:
             response = await client.post("/start-task/job2", params={"items_count": 5})
             assert response.status_code == 200
-            seen = await poll(client, "job2", lambda r: r["status"] == "completed")
+            seen = await poll_progress(client, "job2", lambda r: r["status"] == "completed")
         report = await server.shutdown()
 
     counts = [record["progress"] for record in seen]
@@ -135,7 +115,7 @@ async def test_a_failure_is_shown_and_recorded(
         async with httpx.AsyncClient(base_url=server.url) as client:
             response = await client.post("/start-task/job3", params={"items_count": 4})
             assert response.status_code == 200
-            [*_, failed] = await poll(client, "job3", lambda r: r["status"] == "failed")
+            [*_, failed] = await poll_progress(client, "job3", lambda r: r["status"] == "failed")
         report = await server.shutdown()
 
     assert failed == {

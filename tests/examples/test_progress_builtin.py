@@ -9,39 +9,19 @@ from __future__ import annotations
 import logging
 import re
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import trio
 
 from examples import progress_builtin
 from trio_background import BackgroundTasksMiddleware
 from trio_background.testing import open_live_server
 
-from .helpers import Gate
+from .helpers import Gate, has_progress, poll_progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-
-async def poll(
-    client: httpx.AsyncClient, task_id: str, until: Callable[[dict[str, Any]], bool]
-) -> list[dict[str, Any]]:
-    """Every record seen, up to the first one for which ``until`` is true."""
-    seen: list[dict[str, Any]] = []
-    with trio.fail_after(10):
-        while True:
-            response = await client.get(f"/task-progress/{task_id}")
-            assert response.status_code == 200
-            seen.append(response.json())
-            if until(seen[-1]):
-                return seen
-            await trio.sleep(0.01)
-
-
-def has_progress(count: int, record: dict[str, Any]) -> bool:
-    return bool(record["progress"] == count)
+    pass
 
 
 async def start(client: httpx.AsyncClient, items_count: int) -> str:
@@ -79,7 +59,7 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
             }
             for item in (1, 2):
                 gate.step()
-                [*_, record] = await poll(client, task_id, partial(has_progress, item))
+                [*_, record] = await poll_progress(client, task_id, partial(has_progress, item))
                 assert record == {
                     "status": "running",
                     "progress": item,
@@ -91,7 +71,7 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
             page = await client.get("/admin/tasks/")
             snapshot = (await client.get("/admin/tasks/tasks")).json()
             gate.step()
-            [*_, done] = await poll(client, task_id, lambda r: r["status"] == "completed")
+            [*_, done] = await poll_progress(client, task_id, lambda r: r["status"] == "completed")
             monitored = (await client.get(f"/admin/tasks/tasks/{task_id}")).json()
         report = await server.shutdown()
 
@@ -138,8 +118,8 @@ async def test_a_task_waiting_for_a_thread_has_no_progress_yet(
             second = await start(client, 1)
             waiting = (await client.get(f"/task-progress/{second}")).json()
             gate.open()
-            await poll(client, first, lambda r: r["status"] == "completed")
-            await poll(client, second, lambda r: r["status"] == "completed")
+            await poll_progress(client, first, lambda r: r["status"] == "completed")
+            await poll_progress(client, second, lambda r: r["status"] == "completed")
         report = await server.shutdown()
 
     assert waiting == {
@@ -157,7 +137,7 @@ async def test_real_work_with_a_short_pace(monkeypatch: pytest.MonkeyPatch) -> N
     async with open_live_server(progress_builtin.app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             task_id = await start(client, 5)
-            seen = await poll(client, task_id, lambda r: r["status"] == "completed")
+            seen = await poll_progress(client, task_id, lambda r: r["status"] == "completed")
         report = await server.shutdown()
 
     counts = [record["progress"] for record in seen]
@@ -186,7 +166,7 @@ async def test_a_failure_is_shown_and_recorded(
     async with open_live_server(progress_builtin.app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             task_id = await start(client, 4)
-            [*_, failed] = await poll(client, task_id, lambda r: r["status"] == "failed")
+            [*_, failed] = await poll_progress(client, task_id, lambda r: r["status"] == "failed")
         report = await server.shutdown()
 
     # The last progress it reported stays, beside the error.
@@ -215,9 +195,9 @@ async def test_old_records_are_dropped_and_then_not_found(
     async with open_live_server(app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             first = await start(client, 1)
-            await poll(client, first, lambda r: r["status"] == "completed")
+            await poll_progress(client, first, lambda r: r["status"] == "completed")
             second = await start(client, 1)
-            await poll(client, second, lambda r: r["status"] == "completed")
+            await poll_progress(client, second, lambda r: r["status"] == "completed")
             dropped = await client.get(f"/task-progress/{first}")
         report = await server.shutdown()
 
