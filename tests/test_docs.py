@@ -465,6 +465,15 @@ def test_api_reference_covers_the_public_surface() -> None:
     assert public - documented == set(), "add these to docs/api.rst"
 
 
+def _sphinx_major() -> int:
+    import sphinx
+
+    return sphinx.version_info[0]
+
+
+# conf.py tidies signatures the way Sphinx 9 writes them (type aliases in
+# unions, ParamSpecs); Sphinx 9 needs Python 3.11, where CI builds the site.
+@pytest.mark.skipif(_sphinx_major() < 9, reason="the docs are built with Sphinx 9+ (Python 3.11+)")
 def test_docs_build_without_warnings(tmp_path: Path) -> None:
     result = subprocess.run(
         [
