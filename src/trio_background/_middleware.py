@@ -254,7 +254,7 @@ class BackgroundTasksMiddleware:
                 thread_limit=thread_limit,
                 keep_records=keep_records,
             )
-        self._trio_checked = False
+        self.trio_checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -270,9 +270,9 @@ class BackgroundTasksMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._trio_checked:
+        if not self.trio_checked:
             check_trio()
-            self._trio_checked = True
+            self.trio_checked = True
         exchange = _Exchange(send, self.supervisor)
         scope[EXCHANGE_KEY] = exchange
         try:
@@ -350,7 +350,7 @@ class _Lifespan:
             if message["type"] == "lifespan.startup":
                 await self.send({"type": "lifespan.startup.failed", "message": str(exc)})
             raise
-        self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]
+        self.middleware.trio_checked = True
         self.middleware.supervisor.start()
         try:
             await self.middleware.app(self.scope, self._receive, self._send)
