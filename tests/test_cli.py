@@ -137,3 +137,23 @@ def test_cli_errors(args: list[str], message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_port_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_background", "tests.cli_app:app",
+             "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another --bind)\n"
+    )
+    assert "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ loaded, 1 if the server failed.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -19,9 +20,14 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from ._serve import serve
 
 __all__ = ["load_app", "main"]
+
+_BIND_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
 def load_app(spec: str) -> Any:
@@ -54,6 +60,19 @@ def load_app(spec: str) -> Any:
     if not callable(target):
         raise ValueError(f"{spec} is not an ASGI app (got {type(target).__qualname__})")
     return target
+
+
+def _bind_failure(exc: BaseException) -> str | None:
+    """The reason, if ``exc`` is (a group of only) failures to bind the socket."""
+    if isinstance(exc, BaseExceptionGroup):
+        group: BaseExceptionGroup[BaseException] = exc  # pyright: ignore[reportUnknownVariableType]
+        failures = [_bind_failure(e) for e in group.exceptions]
+        if failures and all(failures):
+            return failures[0]
+        return None
+    if isinstance(exc, OSError) and exc.errno in _BIND_ERRNOS:
+        return f"{exc.strerror} (choose another --bind)"
+    return None
 
 
 def _bind(value: str) -> str:
@@ -137,7 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     config.log  # noqa: B018 - makes Hypercorn's loggers now
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).propagate = False
-    report = trio.run(partial(serve, app, config, mode=args.mode, drain_timeout=args.drain_timeout))
+    try:
+        report = trio.run(
+            partial(serve, app, config, mode=args.mode, drain_timeout=args.drain_timeout)
+        )
+    except (OSError, BaseExceptionGroup) as exc:
+        failure = _bind_failure(exc)
+        if failure is None:
+            raise
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {args.bind}: {failure}\n")
     if args.report_json is not None:
         args.report_json.write_text(report.to_json() + "\n")
     return 0
