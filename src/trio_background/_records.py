@@ -13,14 +13,21 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._tasks import TaskState
+from ._tasks import BackgroundTask, TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._progress import Progress
 
-__all__ = ["FINAL_STATES", "RawRecord", "ShutdownReport", "TaskRecord", "build_record"]
+__all__ = [
+    "FINAL_STATES",
+    "RawRecord",
+    "ShutdownReport",
+    "TaskRecord",
+    "build_record",
+    "raw_record",
+]
 
 FINAL_STATES: tuple[TaskState, ...] = (
     TaskState.COMPLETED,
@@ -99,6 +106,32 @@ RawRecord = tuple[
     "float | None",
     "Progress | None",
 ]
+
+
+def _format_error(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__qualname__
+    return f"{name}: {text}" if text else name
+
+
+def raw_record(
+    task: BackgroundTask, request: str, batch: int, index: int, ended: float
+) -> RawRecord:
+    """The raw record of ``task``, in its final state, ended at ``ended``."""
+    error = task.error
+    state = task.state
+    return (
+        task.name,
+        state,
+        None if error is None else _format_error(error),
+        task.reason,
+        request,
+        batch,
+        index,
+        None if state is TaskState.SKIPPED else task.started_at,
+        ended,
+        task.progress,
+    )
 
 
 def build_record(raw: RawRecord, epoch: float) -> TaskRecord:

@@ -19,7 +19,7 @@ from typing import Literal
 
 import trio
 
-from ._records import RawRecord, TaskRecord, build_record
+from ._records import RawRecord, TaskRecord, build_record, raw_record
 from ._tasks import BackgroundTask, BackgroundTasks, TaskState
 
 __all__ = ["BatchRun", "ErrorHook", "OnError", "run_batch"]
@@ -46,27 +46,8 @@ class BatchRun:
     cancel_scope: trio.CancelScope
 
 
-def _format_error(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__qualname__
-    return f"{name}: {text}" if text else name
-
-
 def _raw(task: BackgroundTask, run: BatchRun, index: int, ended: float) -> RawRecord:
-    error = task.error
-    state = task.state
-    return (
-        task.name,
-        state,
-        None if error is None else _format_error(error),
-        task.reason,
-        run.request,
-        run.number,
-        index,
-        None if state is TaskState.SKIPPED else task.started_at,
-        ended,
-        task.progress,
-    )
+    return raw_record(task, run.request, run.number, index, ended)
 
 
 async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:

@@ -20,7 +20,14 @@ from typing import Literal
 
 import trio
 
-from ._records import FINAL_STATES, RawRecord, ShutdownReport, TaskRecord, build_record
+from ._records import (
+    FINAL_STATES,
+    RawRecord,
+    ShutdownReport,
+    TaskRecord,
+    build_record,
+    raw_record,
+)
 from ._runner import BatchRun, ErrorHook, OnError, run_batch
 from ._tasks import BackgroundTasks, TaskState
 
@@ -290,22 +297,7 @@ class Supervisor:
         now = trio.current_time()
         for index, task in enumerate(batch.tasks):
             task.skip(reason)
-            started = None if task.state is TaskState.SKIPPED else task.started_at
-            state.emit(
-                (
-                    task.name,
-                    task.state,
-                    None,
-                    task.reason,
-                    request,
-                    number,
-                    index,
-                    started,
-                    now,
-                    None,
-                ),
-                False,
-            )
+            state.emit(raw_record(task, request, number, index, now), False)
         batch.close(f"it was skipped ({reason})")
 
     def begin_shutdown(
