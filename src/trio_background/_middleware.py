@@ -307,6 +307,14 @@ class BackgroundTasksMiddleware:
         scope[MIDDLEWARE_KEY] = self
         await _Lifespan(self, scope, receive, send).run()
 
+    @classmethod
+    def around(cls, app: ASGIApp) -> BackgroundTasksMiddleware:
+        """``app`` itself if it is a middleware already, else ``app`` wrapped in one.
+
+        What :func:`serve` and the testing tools use to own the outermost one.
+        """
+        return app if isinstance(app, BackgroundTasksMiddleware) else cls(app)
+
     def adopt(self, supervisor: Supervisor) -> None:
         """Use an inner middleware's supervisor (called at lifespan startup)."""
         self.supervisor = supervisor

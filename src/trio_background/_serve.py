@@ -77,9 +77,7 @@ async def serve(
         check_mode(mode)
     if drain_timeout is not None:
         check_timeout(drain_timeout)
-    middleware = (
-        app if isinstance(app, BackgroundTasksMiddleware) else BackgroundTasksMiddleware(app)
-    )
+    middleware = BackgroundTasksMiddleware.around(app)
     if config is None:
         config = Config()
         config.bind = ["127.0.0.1:8000"]

@@ -258,9 +258,7 @@ async def open_client(
     Cancellation:
         If the test body raises, the app's tasks are cancelled, not drained.
     """
-    middleware = (
-        app if isinstance(app, BackgroundTasksMiddleware) else BackgroundTasksMiddleware(app)
-    )
+    middleware = BackgroundTasksMiddleware.around(app)
     state: dict[str, Any] = {}
     # The body's exception is re-raised outside the nursery, so the test sees
     # it as it was raised, not wrapped in an exception group.

@@ -78,9 +78,7 @@ async def open_live_server(
         drain_timeout: The drain timeout (None: the middleware's).
         config: Hypercorn's config; its bind is replaced by ``127.0.0.1:0``.
     """
-    middleware = (
-        app if isinstance(app, BackgroundTasksMiddleware) else BackgroundTasksMiddleware(app)
-    )
+    middleware = BackgroundTasksMiddleware.around(app)
     if config is None:
         config = Config()
     config.bind = ["127.0.0.1:0"]
