@@ -10,10 +10,12 @@ connection, and of the server, so nothing outlives the server and shutdown
 can reach it.
 
 "Complete" means the final ``http.response.body`` (or the last trailers) was
-handed to the server. Hypercorn may deliver ``http.disconnect`` from inside
-that very send, and Starlette's streaming responses then cancel the sending
-task while it is still in the send: so a final message counts as handed over
-once the server's ``send`` was called with it, returned or cancelled.
+handed to the server. Hypercorn delivers ``http.disconnect`` from inside that
+very send, and Starlette's streaming and file responses then cancel the
+sending task while it is still in the send, which would leave the response
+incomplete in our eyes and Hypercorn's connection unrecycled. So the final
+send is shielded for a moment (a large body's bulk goes first, unshielded):
+the server finishes it, and the app's cancellation lands just after.
 
 Under FastAPI the batch runs from the request's exit stack, just before its
 ``yield`` dependencies close (as in FastAPI >= 0.118); elsewhere, after the
@@ -61,6 +63,11 @@ _NOT_TRIO = (
     "{library}: serve the app with Hypercorn's trio worker (hypercorn --worker-class trio "
     "module:app) or with trio_background.serve() / python -m trio_background module:app"
 )
+
+# A final body up to this size is sent in one shielded send; a larger one is
+# sent in two, the bulk unshielded. The grace bounds the shielded send.
+_SHIELDED_BODY = 64 * 1024
+_FINAL_SEND_GRACE = 1.0
 
 _UNAVAILABLE = (
     b"503 Service Unavailable: the background work of this request could not be stored, "
@@ -181,13 +188,23 @@ class _Exchange:
         if not final:
             await self._send(message)
             return
-        # Returned or cancelled (see the module's docstring): handed over. An
+        body = message.get("body", b"") if kind == "http.response.body" else b""
+        if len(body) > _SHIELDED_BODY:
+            # The bulk may wait on a slow client: send it as it is, cancellable.
+            await self._send({**message, "more_body": True})
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        # The final send is shielded (for a moment): if the app cancels it
+        # halfway, as Starlette's streaming responses do when Hypercorn
+        # delivers http.disconnect from inside it, Hypercorn leaves the
+        # connection unrecycled until its graceful timeout. Handed over once
+        # the server's send returned or was cut by the grace deadline; an
         # error raised by the server's send means it was not.
-        try:
-            await self._send(message)
-        except trio.Cancelled:
-            self._completed()
-            raise
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _FINAL_SEND_GRACE):
+            try:
+                await self._send(message)
+            except trio.Cancelled:
+                self._completed()
+                raise
         self._completed()
 
     async def _hand_off(self) -> bool:
@@ -527,8 +544,12 @@ class _Lifespan:
         except Exception:
             if self.read_any:
                 raise
-            logger.debug("the app does not support lifespan; trio-background answers it")
-            await self._answer_alone()
+        else:
+            if self.read_any:
+                return
+        # Raised or returned before reading: the app does not support lifespan.
+        logger.debug("the app does not support lifespan; trio-background answers it")
+        await self._answer_alone()
 
     async def _answer_alone(self) -> None:
         while True:
