@@ -23,6 +23,7 @@ def test_public_names() -> None:
         "TaskRecord",
         "TaskState",
         "from_scope",
+        "health",
         "monitor",
         "report_progress",
         "serve",

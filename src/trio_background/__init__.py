@@ -6,6 +6,7 @@ tasks run in worker threads. Shutdown drains or cancels them by one deadline
 and reports what happened to each.
 """
 
+from ._health import health as health
 from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
 from ._middleware import from_scope as from_scope
 from ._middleware import supervisor_from_scope as supervisor_from_scope
@@ -38,6 +39,7 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "from_scope",
+    "health",
     "monitor",
     "report_progress",
     "serve",
