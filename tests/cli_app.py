@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import trio
 from fastapi import FastAPI
 
-from trio_background import BackgroundTasksMiddleware
+from trio_background import BackgroundTasksMiddleware, health
 from trio_background.fastapi import BackgroundTasks
 
 app = FastAPI()
@@ -28,3 +29,32 @@ async def work(background_tasks: BackgroundTasks, short: float = 0.2) -> dict[st
 
 
 not_an_app = 42
+
+
+app.add_route("/health", health())
+
+
+@app.get("/pid")
+async def pid(background_tasks: BackgroundTasks) -> dict[str, int]:
+    background_tasks.add_task(sleeper, "long", 3600)
+    return {"pid": os.getpid()}
+
+
+@app.post("/hold")
+async def hold() -> dict[str, str]:
+    print("request hold started", file=sys.stderr, flush=True)
+    await trio.sleep(30)  # an in-flight request, no task
+    return {"status": "done"}
+
+
+def make_app() -> FastAPI:
+    """A factory, for --factory."""
+    return app
+
+
+def wsgi_app(environ: dict[str, object], start_response: object) -> list[bytes]:
+    raise AssertionError("never called")
+
+
+def plain_function(scope: object, receive: object, send: object) -> None:
+    raise AssertionError("never called")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.utils import wrap_app  # pyright: ignore[reportUnknownVariableType]
 
 from ._middleware import ASGIApp, BackgroundTasksMiddleware
 from ._supervisor import Mode, Supervisor, check_mode, check_timeout
@@ -67,7 +67,7 @@ class ShutdownControl:
         delay: float,
     ) -> None:
         self.middleware = middleware
-        self.mode = mode
+        self.mode: Mode | None = mode
         self.drain_timeout = drain_timeout
         self.delay = delay
         self.requested = trio.Event()
