@@ -58,3 +58,7 @@ def wsgi_app(environ: dict[str, object], start_response: object) -> list[bytes]:
 
 def plain_function(scope: object, receive: object, send: object) -> None:
     raise AssertionError("never called")
+
+
+def wsgi_factory() -> object:
+    return wsgi_app

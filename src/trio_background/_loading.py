@@ -117,11 +117,17 @@ def check_asgi(target: Any, spec: str, *, factory: bool) -> Any:
         LoadError: ``target`` is a WSGI app, a class, a sync function, or not
             callable (the message names the fix); the factory raised.
     """
+    origin = spec
     if factory:
         if not callable(target):
             raise LoadError(
                 f"--factory: {spec} is not callable (got {type(target).__qualname__}); "
                 "name the function that builds the app"
+            )
+        if _is_asgi(target):
+            raise LoadError(
+                f"--factory: {spec} is an ASGI app itself, not a function that builds one: "
+                "drop --factory"
             )
         try:
             target = target()
@@ -146,7 +152,7 @@ def check_asgi(target: Any, spec: str, *, factory: bool) -> Any:
         raise LoadError(
             f"{spec} is a WSGI app; trio-background serves ASGI apps (async def app(scope, "
             "receive, send)): port it to an ASGI framework such as Starlette or FastAPI, or "
-            "serve it without background tasks: hypercorn --worker-class trio " + spec
+            f"serve it without background tasks: hypercorn --worker-class trio {origin}"
         )
     if count == 0 and not factory:
         raise LoadError(
