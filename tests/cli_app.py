@@ -6,7 +6,7 @@ import os
 import sys
 
 import trio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from trio_background import BackgroundTasksMiddleware, health
 from trio_background.fastapi import BackgroundTasks
@@ -62,3 +62,8 @@ def plain_function(scope: object, receive: object, send: object) -> None:
 
 def wsgi_factory() -> object:
     return wsgi_app
+
+
+@app.get("/root-path")
+async def root_path(request: Request) -> dict[str, str]:
+    return {"root_path": request.scope["root_path"]}

@@ -277,11 +277,13 @@ def configure_logging(config: Config, level: str) -> None:
 
 
 class _SignalGuard:
-    """SIGINT/SIGTERM never kill the process while this is in force.
+    """SIGINT/SIGTERM never kill the process from ``__enter__`` until it exits.
 
     ``serve`` watches the signals itself while it runs; before that (while
     starting) a signal begins the shutdown through ``shutdown_trigger``;
-    after it (while the report is written) signals are ignored.
+    after it (while the report is written) signals change nothing; and from
+    ``__exit__`` on they are ignored: the process has nothing left but to
+    exit 0.
     """
 
     def __init__(self) -> None:
@@ -303,15 +305,13 @@ class _SignalGuard:
         await self.event.wait()
 
     def __enter__(self) -> _SignalGuard:
-        self._previous = {
-            number: signal.signal(number, self._handle)
-            for number in (signal.SIGINT, signal.SIGTERM)
-        }
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
