@@ -260,8 +260,9 @@ def _config(args: argparse.Namespace) -> Config:
         config.accesslog = "-"
     config.loglevel = args.log_level.upper()
     config.worker_class = "trio"
-    if not isinstance(config.workers, int) or config.workers < 1:
-        _fail(f"workers must be a number of processes >= 1, got {config.workers!r}")
+    workers: object = config.workers  # a config file may hold anything
+    if not isinstance(workers, int) or workers < 1:
+        _fail(f"workers must be a number of processes >= 1, got {workers!r}")
     return config
 
 

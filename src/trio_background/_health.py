@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ._middleware import supervisor_from_scope
 
 if TYPE_CHECKING:
-    from ._middleware import Receive, Scope, Send
+    from ._middleware import ASGIApp, Receive, Scope, Send
     from ._supervisor import Supervisor
 
 __all__ = ["health"]
@@ -79,7 +79,7 @@ async def _answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def health(supervisor: Supervisor | None = None) -> _Health:
+def health(supervisor: Supervisor | None = None) -> ASGIApp:
     """A mountable ASGI app for readiness probes.
 
     It answers ``GET`` (and ``HEAD``) with 200 and the supervisor's
