@@ -32,7 +32,7 @@ import tempfile
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
 from hypercorn.__main__ import _load_config  # pyright: ignore[reportPrivateUsage]
@@ -260,7 +260,7 @@ def _config(args: argparse.Namespace) -> Config:
         config.accesslog = "-"
     config.loglevel = args.log_level.upper()
     config.worker_class = "trio"
-    workers: object = config.workers  # a config file may hold anything
+    workers = cast("object", config.workers)  # a config file may hold anything
     if not isinstance(workers, int) or workers < 1:
         _fail(f"workers must be a number of processes >= 1, got {workers!r}")
     return config
