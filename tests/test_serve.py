@@ -257,3 +257,39 @@ async def test_serve_rejects_a_bad_shutdown_delay() -> None:
         ValueError, match=r"^shutdown_delay must be a finite number of seconds >= 0, got -1$"
     ):
         await serve(app_with(1), shutdown_delay=-1)
+
+
+class RecordingBackend:
+    """A durable backend that stores nothing and records its life."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def is_durable(self, func: object) -> bool:
+        return False
+
+    async def open(self) -> None:
+        self.calls.append("open")
+
+    async def aclose(self) -> None:
+        self.calls.append("aclose")
+
+    async def hand_off(self, tasks: object) -> list[str]:
+        raise AssertionError("nothing is durable")
+
+
+@pytest.mark.xfail(reason="BackgroundTasksMiddleware(backend=) comes with the core rewrite")
+async def test_serve_hands_the_backend_to_its_middleware(clock: trio.testing.MockClock) -> None:
+    backend = RecordingBackend()
+    report, _ = await serve_one_request(app_with(0), backend=backend)
+    assert report.all_completed
+    assert backend.calls == ["open", "aclose"]
+
+
+async def test_serve_backend_needs_an_unwrapped_app() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"^backend= needs an app that is not wrapped yet: pass the backend to the "
+        r"middleware instead, BackgroundTasksMiddleware\(app, backend=backend\)$",
+    ):
+        await serve(BackgroundTasksMiddleware(app_with(1)), backend=RecordingBackend())

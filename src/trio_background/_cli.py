@@ -389,6 +389,7 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> tuple[dict[str, 
         drain_timeout=args.drain_timeout,
         shutdown_delay=args.shutdown_delay,
         log_level=args.log_level,
+        configure_logging=configure_logging,
         config=config,
         sockets=sockets,
     )

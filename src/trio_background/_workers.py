@@ -35,7 +35,7 @@ from ._records import FINAL_STATES, ShutdownReport
 from ._serve import CLEANUP_MARGIN, ShutdownControl, serve_middleware, wrap
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
@@ -65,6 +65,7 @@ class WorkerSpec:
     drain_timeout: float | None
     shutdown_delay: float
     log_level: str
+    configure_logging: Callable[[Config, str], None]
     config: Config
     sockets: Sockets
 
@@ -74,9 +75,7 @@ def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str
     for number in _SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    from ._cli import configure_logging  # the CLI module imports this one
-
-    configure_logging(spec.config, spec.log_level)
+    spec.configure_logging(spec.config, spec.log_level)
     try:
         app = check_asgi(load_object(spec.app), spec.app, factory=spec.factory)
         backend = None if spec.backend is None else load_object(spec.backend, what="NAME")
