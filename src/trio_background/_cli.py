@@ -288,10 +288,12 @@ class _SignalGuard:
     """
 
     def __init__(self) -> None:
+        self.pending = False
         self.token: trio.lowlevel.TrioToken | None = None
         self.event: trio.Event | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
         token, event = self.token, self.event
         if token is not None and event is not None:
             try:
@@ -301,9 +303,10 @@ class _SignalGuard:
 
     async def wait(self) -> None:
         """A shutdown trigger: returns when a signal came before ``serve`` watched."""
-        self.token = trio.lowlevel.current_trio_token()
         self.event = trio.Event()
-        await self.event.wait()
+        self.token = trio.lowlevel.current_trio_token()
+        if not self.pending:
+            await self.event.wait()
 
     def __enter__(self) -> _SignalGuard:
         for number in (signal.SIGINT, signal.SIGTERM):

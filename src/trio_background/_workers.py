@@ -33,6 +33,7 @@ import trio
 from ._loading import LoadError, check_asgi, load_object
 from ._records import FINAL_STATES, ShutdownReport
 from ._serve import CLEANUP_MARGIN, ShutdownControl, serve_middleware, wrap
+from ._supervisor import DEFAULT_DRAIN_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -279,11 +280,9 @@ class _Parent:
         modes = [self.spec.mode or p["mode"] for p in policies] or [self.spec.mode or "drain"]
         if all(mode == "cancel" for mode in modes):
             return 0.0
-        timeouts = [
-            p["drain_timeout"] if self.spec.drain_timeout is None else self.spec.drain_timeout
-            for p in policies
-        ]
-        return max(timeouts, default=self.spec.drain_timeout or 0.0)
+        if self.spec.drain_timeout is not None:
+            return self.spec.drain_timeout
+        return max((p["drain_timeout"] for p in policies), default=DEFAULT_DRAIN_TIMEOUT)
 
     def _exit_within(self, seconds: float) -> None:
         self.exit_by = min(self.exit_by, trio.current_time() + seconds + EXIT_SLACK)
