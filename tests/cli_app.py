@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 from fastapi import FastAPI, Request
@@ -67,3 +70,23 @@ def wsgi_factory() -> object:
 @app.get("/root-path")
 async def root_path(request: Request) -> dict[str, str]:
     return {"root_path": request.scope["root_path"]}
+
+
+async def block_the_loop() -> None:
+    print("task blocking started", file=sys.stderr, flush=True)
+    time.sleep(60)  # noqa: ASYNC251 - a task that trio cannot stop
+
+
+@app.post("/block")
+async def block(background_tasks: BackgroundTasks) -> dict[str, str]:
+    background_tasks.add_task(block_the_loop)
+    return {"status": "accepted"}
+
+
+@asynccontextmanager
+async def failing_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    raise RuntimeError("the database is not there")
+    yield
+
+
+failing_startup_app = FastAPI(lifespan=failing_lifespan)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import time
@@ -62,9 +63,7 @@ async def test_two_workers_one_deadline_one_report(tmp_path: Path) -> None:
 
 async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
-    server = await start_cli(
-        "--workers", "2", "--drain-timeout", "0", "--report-json", str(report_path)
-    )  # fmt: skip
+    server = await start_cli("--workers", "2", "--report-json", str(report_path))
     url = await server.url()
     await server.wait_for(r"Running on", new=True)
     victim = next(iter(await pids_serving(url, 2)))
@@ -74,13 +73,47 @@ async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:
         r"\d+ batches running; so far 0 completed.*; starting a replacement"
     )
     await server.wait_for(r"Running on", new=True)  # the replacement
-    server.process.send_signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)  # a drain of 30 s (the middleware's)...
+    await server.wait_for("shutdown: draining background tasks for up to 30s")
+    server.process.send_signal(signal.SIGTERM)  # ...cut short by the second signal
     assert await server.finish() == 0, server.output
     report = json.loads(report_path.read_text())
+    assert report["mode"] == "cancel"
     fates = {s["pid"]: s["fate"] for s in report["workers"]}
     assert len(fates) == 3
     assert fates.pop(victim) == "died"
     assert list(fates.values()) == ["exited", "exited"]
+
+
+async def test_a_worker_that_cannot_stop_is_killed_at_the_exit_deadline(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli(
+        "--workers", "2", "--mode", "cancel", "--report-json", str(report_path)
+    )  # fmt: skip
+    url = await server.url()
+    await server.wait_for(r"Running on", new=True)
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/block")).status_code == 200
+    await server.wait_for("task blocking started")
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert await server.finish() == 0, server.output
+    # The deadline (now) + the cut (1 s) + the time to exit (2 s), then the kill.
+    assert time.monotonic() - signalled < 3 + EXIT_MARGIN
+    assert "still running at the exit deadline: killed" in server.output
+    report = json.loads(report_path.read_text())
+    assert sorted(s["fate"] for s in report["workers"]) == ["exited", "killed"]
+
+
+async def test_a_worker_that_fails_at_startup_stops_the_server() -> None:
+    server = await start(
+        "-m", "trio_background", "tests.cli_app:failing_startup_app", "--workers", "2",
+        "--bind", "127.0.0.1:0",
+    )  # fmt: skip
+    assert await server.finish() == 1
+    assert re.search(
+        r"worker \d \(pid \d+\) exited with code \d+ before it was ready", server.output
+    )
 
 
 async def test_tls_and_a_unix_socket_in_one_server(tmp_path: Path) -> None:

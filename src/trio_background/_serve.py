@@ -35,7 +35,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app  # pyright: ignore[reportUnknownVariableType]
 
-from ._middleware import ASGIApp, BackgroundTasksMiddleware
+from ._middleware import ASGIApp, BackgroundTasksMiddleware, Message, Receive, Scope, Send
 from ._supervisor import Mode, Supervisor, check_mode, check_timeout
 
 if TYPE_CHECKING:
@@ -199,6 +199,22 @@ async def watch_signals(control: ShutdownControl) -> None:
             control.signal()
 
 
+def _watch_startup(app: ASGIApp, started: trio.Event) -> ASGIApp:
+    async def watching(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+            await send(message)
+
+        await app(scope, receive, watching_send)
+
+    return watching
+
+
 async def serve_middleware(
     middleware: BackgroundTasksMiddleware,
     config: Config,
@@ -206,6 +222,7 @@ async def serve_middleware(
     watch: Callable[[ShutdownControl], Awaitable[None]],
     *,
     sockets: Sockets | None = None,
+    started: trio.Event | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> ShutdownReport:
     """Serve ``middleware`` until ``control`` ends it; the core of :func:`serve`.
@@ -213,6 +230,8 @@ async def serve_middleware(
     ``watch(control)`` runs beside the server (signals, a trigger, a
     parent process) and is cancelled when the server has stopped.
     ``sockets``: already bound sockets (shared by worker processes).
+    ``started`` is set when the app's lifespan startup completed (Hypercorn
+    starts listening even when it failed, and fails a moment later).
     """
     server_config = copy.copy(config)
     stopped = trio.Event()
@@ -230,7 +249,7 @@ async def serve_middleware(
     async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
         # Hypercorn's type for an ASGI app is a union of TypedDict callables
         # that no plain (scope, receive, send) app matches exactly.
-        asgi_app: Any = middleware
+        asgi_app: Any = middleware if started is None else _watch_startup(middleware, started)
         try:
             with trio.CancelScope(shield=True):
                 await worker_serve(

@@ -121,6 +121,7 @@ async def _serve_worker(
             nursery.start_soon(report_statistics)
 
     reports: list[ShutdownReport] = []
+    started = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
         reports.append(
@@ -130,12 +131,14 @@ async def _serve_worker(
                 control,
                 watch,
                 sockets=spec.sockets,
+                started=started,
                 task_status=task_status,
             )
         )
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run)
+        await started.wait()  # a failed startup raises instead
         supervisor = control.supervisor
         conn.send(("ready", {"mode": supervisor.mode, "drain_timeout": supervisor.drain_timeout}))
     return reports[0]
@@ -338,7 +341,11 @@ def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
     for report in reports:
         for state, n in report["counts"].items():
             counts[state] = counts.get(state, 0) + n
-    modes = [r for r in reports if r["mode"] is not None]
+    # The mode in force at the end: a worker that was idle may have finished
+    # its drain before a second signal cut the others.
+    modes = sorted(
+        (r for r in reports if r["mode"] is not None), key=lambda r: r["mode"] != "cancel"
+    )
     merged: dict[str, Any] = {
         "mode": modes[0]["mode"] if modes else None,
         "drain_timeout": modes[0]["drain_timeout"] if modes else None,
