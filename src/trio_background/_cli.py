@@ -221,7 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ours.add_argument(
         "--log-level", default="info", type=str.lower, choices=_LOG_LEVELS,
-        help="log level, ours and Hypercorn's (default info)",
+        help="log level of trio-background's lines (default info); Hypercorn's own log "
+        "keeps its level (loglevel in --config), so its 'Running on' line always shows",
     )  # fmt: skip
     ours.add_argument(
         "--access-log", action="store_true",
@@ -258,7 +259,6 @@ def _config(args: argparse.Namespace) -> Config:
             setattr(config, attribute, given[attribute])
     if args.access_log:
         config.accesslog = "-"
-    config.loglevel = args.log_level.upper()
     config.worker_class = "trio"
     workers = cast("object", config.workers)  # a config file may hold anything
     if not isinstance(workers, int) or workers < 1:
