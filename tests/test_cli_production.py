@@ -141,14 +141,20 @@ async def test_tls_and_a_unix_socket_in_one_server(tmp_path: Path) -> None:
     assert await server.finish() == 0, server.output
 
 
-async def test_a_toml_config_file_and_a_factory(tmp_path: Path) -> None:
+async def test_a_toml_config_file_several_binds_and_a_factory(tmp_path: Path) -> None:
     config = tmp_path / "hypercorn.toml"
-    config.write_text('bind = ["127.0.0.1:0"]\nroot_path = "/api"\nkeep_alive_timeout = 2\n')
+    config.write_text('bind = ["127.0.0.1:1"]\nroot_path = "/api"\nkeep_alive_timeout = 2\n')
+    socket_path = tmp_path / "app.sock"
     server = await start(
-        "-m", "trio_background", "tests.cli_app:make_app", "--factory", "--config", str(config)
+        "-m", "trio_background", "tests.cli_app:make_app", "--factory", "--config", str(config),
+        "--bind", "127.0.0.1:0", "--bind", f"unix:{socket_path}", "--keep-alive", "3",
     )  # fmt: skip
-    url = await server.url()
+    url = await server.url()  # the command line's binds won over the file's
+    await server.wait_for(rf"Running on http://unix:{socket_path} ")
     async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/root-path")).json() == {"root_path": "/api"}
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    async with httpx.AsyncClient(base_url="http://localhost", transport=transport) as client:
         assert (await client.get("/root-path")).json() == {"root_path": "/api"}
     server.process.send_signal(signal.SIGTERM)
     assert await server.finish() == 0, server.output
