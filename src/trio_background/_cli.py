@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     with _SignalGuard() as guard:
         try:
             if config.workers > 1:
-                data, ok = _serve_workers(args, config)
+                data, ok = _serve_workers(args, config, lambda: guard.pending)
             else:
                 configure_logging(config, args.log_level)
                 report = trio.run(
@@ -379,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _serve_workers(args: argparse.Namespace, config: Config) -> tuple[dict[str, Any], bool]:
+def _serve_workers(
+    args: argparse.Namespace, config: Config, signalled_before: Callable[[], bool]
+) -> tuple[dict[str, Any], bool]:
     from ._workers import WorkerSpec, run_workers
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
@@ -398,7 +400,7 @@ def _serve_workers(args: argparse.Namespace, config: Config) -> tuple[dict[str, 
     )
     try:
         with tempfile.TemporaryDirectory(prefix="trio-background-") as folder:
-            return run_workers(spec, config.workers, Path(folder))
+            return run_workers(spec, config.workers, Path(folder), signalled_before)
     finally:
         for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
             sock.close()

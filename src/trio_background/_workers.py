@@ -104,7 +104,7 @@ async def _serve_worker(
                 control.request()
                 return
             if message[0] == "shutdown":
-                control.request(mode=message[1], drain_timeout=message[2])
+                control.request()
             elif message[0] == "escalate":
                 control.escalate()
 
@@ -208,7 +208,7 @@ class _Parent:
         self.workers.append(worker)
         self.live.add(worker)
         if self.shutting_down:
-            worker.send("shutdown", self.spec.mode, self.spec.drain_timeout)
+            worker.send("shutdown")
         return worker
 
     async def slot(self, index: int) -> None:
@@ -269,7 +269,7 @@ class _Parent:
             return
         self.shutting_down = True
         for worker in self.live:
-            worker.send("shutdown", self.spec.mode, self.spec.drain_timeout)
+            worker.send("shutdown")
         self._exit_within(max(self.spec.shutdown_delay, self._deadline_in()) + CLEANUP_MARGIN)
 
     def escalate(self) -> None:
@@ -309,8 +309,10 @@ class _Parent:
                 worker.process.kill()
             return
 
-    async def run(self) -> None:
+    async def run(self, signalled_before: Callable[[], bool]) -> None:
         with trio.open_signal_receiver(*_SIGNALS) as signals:
+            if signalled_before():  # a signal came while this process was starting
+                self.begin_shutdown()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals)
                 nursery.start_soon(self.kill_late)
@@ -363,10 +365,16 @@ def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run_workers(spec: WorkerSpec, count: int, folder: Path) -> tuple[dict[str, Any], bool]:
-    """Run ``count`` workers until shutdown; the merged report and whether all went well."""
+def run_workers(
+    spec: WorkerSpec, count: int, folder: Path, signalled_before: Callable[[], bool]
+) -> tuple[dict[str, Any], bool]:
+    """Run ``count`` workers until shutdown; the merged report and whether all went well.
+
+    ``signalled_before()`` says whether SIGINT/SIGTERM came before this
+    process watched them (shutdown then begins at once).
+    """
     parent = _Parent(spec, count, folder)
-    trio.run(parent.run)
+    trio.run(parent.run, signalled_before)
     workers = sorted(parent.workers, key=lambda w: w.index)  # stable: spawn order within
     sections = [worker.section() for worker in workers]
     merged = merge(sections)
