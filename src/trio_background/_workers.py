@@ -333,7 +333,11 @@ def _describe_statistics(statistics: dict[str, Any] | None) -> str:
     if statistics is None:
         return "nothing reported yet"
     counts = ", ".join(f"{n} {state}" for state, n in statistics.get("counts", {}).items())
-    return f"{statistics.get('batches_running', 0)} batches running; so far {counts}"
+    active = statistics.get("tasks_active")  # in the statistics of newer cores
+    running = f"{statistics.get('batches_running', 0)} batches running"
+    if active is not None:
+        running += f" ({active} tasks active)"
+    return f"{running}; so far {counts}"
 
 
 def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
