@@ -70,7 +70,7 @@ async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:
     os.kill(victim, signal.SIGKILL)
     await server.wait_for(
         rf"worker \d \(pid {victim}\) died \(exit code -9\) while serving; last known: "
-        r"\d+ batches running; so far 0 completed.*; starting a replacement"
+        r"\d+ batches running( \(\d+ tasks active\))?; so far 0 completed.*; starting a replacement"
     )
     await server.wait_for(r"Running on", new=True)  # the replacement
     server.process.send_signal(signal.SIGTERM)  # a drain of 30 s (the middleware's)...
