@@ -56,9 +56,9 @@ async def test_two_workers_one_deadline_one_report(tmp_path: Path) -> None:
     assert {s["pid"]: s["report"]["total"] for s in sections} == requests_by_pid
     assert [s["fate"] for s in sections] == ["exited", "exited"]
     assert report["total"] == report["counts"]["cancelled"] == sum(requests_by_pid.values())
-    assert report["mode"] == "drain"
+    assert (report["mode"], report["cause"]) == ("drain", "signal")
     assert {r["worker"] for r in report["cancelled"]} == {0, 1}
-    assert "2 workers: background tasks (drain, timeout 1s): " in server.output
+    assert "2 workers: background tasks (drain, timeout 1s, on signal): " in server.output
 
 
 async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ async def test_drain_outlasts_hypercorns_graceful_timeout(clock: trio.testing.Mo
 async def test_drain_deadline_cuts_the_batch(clock: trio.testing.MockClock) -> None:
     report, took = await serve_one_request(app_with(3600), drain_timeout=10)
     assert (report.count("cancelled"), report.count("skipped")) == (1, 1)
-    assert report.mode == "drain"
+    assert (report.mode, report.cause) == ("drain", "trigger")
     assert 10 <= took < 11
 
 
@@ -191,7 +191,7 @@ async def test_max_requests_shutdown_drains_by_the_deadline(clock: trio.testing.
         started = trio.current_time()
     took = trio.current_time() - started
     (report,) = reports
-    assert (report.mode, report.drain_timeout) == ("drain", 10)
+    assert (report.mode, report.drain_timeout, report.cause) == ("drain", 10, "max_requests")
     assert (report.count("cancelled"), report.count("skipped")) == (1, 1)
     assert 10 <= took < 11
 
@@ -209,6 +209,7 @@ async def test_cancelled_serve_drains_reports_and_reraises(clock: trio.testing.M
     assert 10 <= trio.current_time() - started < 11
     report = middleware.supervisor.close()  # made and logged before the re-raise
     assert (report.mode, report.count("cancelled"), report.count("skipped")) == ("drain", 1, 1)
+    assert report.cause == "cancellation"
 
 
 async def test_shutdown_delay_keeps_accepting_while_health_says_503(
@@ -278,7 +279,6 @@ class RecordingBackend:
         raise AssertionError("nothing is durable")
 
 
-@pytest.mark.xfail(reason="BackgroundTasksMiddleware(backend=) comes with the core rewrite")
 async def test_serve_hands_the_backend_to_its_middleware(clock: trio.testing.MockClock) -> None:
     backend = RecordingBackend()
     report, _ = await serve_one_request(app_with(0), backend=backend)

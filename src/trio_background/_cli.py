@@ -43,7 +43,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from ._loading import LoadError, check_asgi, load_object
 from ._report_file import ReportFile
-from ._serve import serve
+from ._serve import ShutdownControl, serve_middleware, watch_signals, wrap
 from ._supervisor import check_timeout
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from hypercorn.config import Config
+
+    from ._middleware import BackgroundTasksMiddleware
 
 __all__ = ["configure_logging", "main"]
 
@@ -280,33 +282,18 @@ def configure_logging(config: Config, level: str) -> None:
 class _SignalGuard:
     """SIGINT/SIGTERM never kill the process from ``__enter__`` until it exits.
 
-    ``serve`` watches the signals itself while it runs; before that (while
-    starting) a signal begins the shutdown through ``shutdown_trigger``;
-    after it (while the report is written) signals change nothing; and from
-    ``__exit__`` on they are ignored: the process has nothing left but to
-    exit 0.
+    The server watches the signals itself while it runs; a signal that comes
+    before (while it starts) is kept in ``pending`` and counts as the first
+    once it watches; after it (while the report is written) signals change
+    nothing; and from ``__exit__`` on they are ignored: the process has
+    nothing left but to exit 0.
     """
 
     def __init__(self) -> None:
         self.pending = False
-        self.token: trio.lowlevel.TrioToken | None = None
-        self.event: trio.Event | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.pending = True
-        token, event = self.token, self.event
-        if token is not None and event is not None:
-            try:
-                token.run_sync_soon(event.set)
-            except trio.RunFinishedError:
-                pass
-
-    async def wait(self) -> None:
-        """A shutdown trigger: returns when a signal came before ``serve`` watched."""
-        self.event = trio.Event()
-        self.token = trio.lowlevel.current_trio_token()
-        if not self.pending:
-            await self.event.wait()
 
     def __enter__(self) -> _SignalGuard:
         for number in (signal.SIGINT, signal.SIGTERM):
@@ -318,14 +305,17 @@ class _SignalGuard:
             signal.signal(number, signal.SIG_IGN)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace) -> BackgroundTasksMiddleware:
     try:
         app = check_asgi(load_object(args.app), args.app, factory=args.factory)
         backend = None if args.backend is None else load_object(args.backend, what="NAME")
     except LoadError as exc:
         sys.stderr.write(exc.user_traceback)
         _fail(str(exc))
-    return app, backend
+    try:
+        return wrap(app, backend)
+    except TypeError as exc:  # the backend is not one, or the app is wrapped already
+        _fail(f"--backend {args.backend}: {exc}")
 
 
 def _now() -> str:
@@ -342,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             report_file = ReportFile.check(args.report_json)
         except ValueError as exc:
             _fail(str(exc))
-    app, backend = _load(args)
+    middleware = _load(args)
     if config.pid_path is not None:
         write_pid_file(config.pid_path)
     run_id = uuid.uuid4().hex
@@ -354,18 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                 data, ok = _serve_workers(args, config, lambda: guard.pending)
             else:
                 configure_logging(config, args.log_level)
-                report = trio.run(
-                    partial(
-                        serve,
-                        app,
-                        config,
-                        mode=args.mode,
-                        drain_timeout=args.drain_timeout,
-                        shutdown_delay=args.shutdown_delay,
-                        shutdown_trigger=guard.wait,
-                        backend=backend,
-                    )
+                control = ShutdownControl(
+                    middleware, args.mode, args.drain_timeout, args.shutdown_delay
                 )
+                watch = partial(watch_signals, signalled_before=lambda: guard.pending)
+                report = trio.run(partial(serve_middleware, middleware, config, control, watch))
                 data = report.to_dict()
         except (OSError, BaseExceptionGroup) as exc:
             failure = _bind_failure(exc)

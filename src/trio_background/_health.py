@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ._middleware import supervisor_from_scope
 
 if TYPE_CHECKING:
-    from ._middleware import ASGIApp, Receive, Scope, Send
+    from ._asgi import ASGIApp, Receive, Scope, Send
     from ._supervisor import Supervisor
 
 __all__ = ["health"]

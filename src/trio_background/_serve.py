@@ -35,12 +35,14 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app  # pyright: ignore[reportUnknownVariableType]
 
-from ._middleware import ASGIApp, BackgroundTasksMiddleware, Message, Receive, Scope, Send
+from ._middleware import BackgroundTasksMiddleware
 from ._supervisor import Mode, Supervisor, check_mode, check_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ._asgi import ASGIApp, Message, Receive, Scope, Send
+    from ._backend import DurableBackend
     from ._records import ShutdownReport
 
 __all__ = ["ShutdownControl", "serve", "serve_middleware", "wrap"]
@@ -79,19 +81,18 @@ class ShutdownControl:
         # Read at each use: the middleware may adopt an inner one's at startup.
         return self.middleware.supervisor
 
-    def request(self, *, mode: Mode | None = None, drain_timeout: float | None = None) -> None:
-        """Begin shutdown now (only the first call sets the deadline's start)."""
+    def request(self, cause: str) -> None:
+        """Begin shutdown now, for ``cause`` (only the first call counts)."""
         if self.requested.is_set():
             return
         self.supervisor.begin_shutdown(
-            mode=self.mode if mode is None else mode,
-            drain_timeout=self.drain_timeout if drain_timeout is None else drain_timeout,
+            mode=self.mode, drain_timeout=self.drain_timeout, cause=cause
         )
         self.requested.set()
 
-    def escalate(self) -> None:
+    def escalate(self, cause: str = "signal") -> None:
         """Cut the batches now and stop accepting at once."""
-        self.request()
+        self.request(cause)
         self.supervisor.begin_shutdown(mode="cancel")
         self._hurry.set()
 
@@ -99,7 +100,7 @@ class ShutdownControl:
         """A SIGINT/SIGTERM: the first begins shutdown, later ones escalate."""
         self._signals += 1
         if self._signals == 1:
-            self.request()
+            self.request("signal")
         else:
             self.escalate()
 
@@ -111,17 +112,18 @@ class ShutdownControl:
                 await self._hurry.wait()
 
 
-def wrap(app: ASGIApp, backend: object | None = None) -> BackgroundTasksMiddleware:
+def wrap(
+    app: ASGIApp, backend: DurableBackend | None = None, *, spill: bool = False
+) -> BackgroundTasksMiddleware:
     """``app`` as the outermost middleware, with ``backend`` if one is given."""
-    if backend is None:
+    if backend is None and not spill:
         return BackgroundTasksMiddleware.around(app)
     if isinstance(app, BackgroundTasksMiddleware):
         raise TypeError(
             "backend= needs an app that is not wrapped yet: pass the backend to the "
             "middleware instead, BackgroundTasksMiddleware(app, backend=backend)"
         )
-    options: dict[str, Any] = {"backend": backend}
-    return BackgroundTasksMiddleware(app, **options)
+    return BackgroundTasksMiddleware(app, backend=backend, spill=spill)
 
 
 async def serve(
@@ -133,7 +135,8 @@ async def serve(
     shutdown_delay: float = 0.0,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     handle_signals: bool = True,
-    backend: object | None = None,
+    backend: DurableBackend | None = None,
+    spill: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> ShutdownReport:
     """Serve ``app`` with Hypercorn's trio worker until shutdown; report.
@@ -155,7 +158,10 @@ async def serve(
         handle_signals: Start shutdown on SIGINT or SIGTERM (main thread
             only). A second signal during a drain cuts it short (cancel).
         backend: A durable backend for the middleware that ``serve`` adds
-            (see ``BackgroundTasksMiddleware(backend=...)``).
+            (see :class:`BackgroundTasksMiddleware`); the app must not be
+            wrapped already.
+        spill: At the drain deadline, hand durable tasks not yet started
+            off to ``backend`` instead of skipping them.
         task_status: With ``await nursery.start(serve, app)``, the bound URLs
             (as Hypercorn's ``serve`` gives them) once the server listens.
 
@@ -165,6 +171,8 @@ async def serve(
     Raises:
         ValueError: ``mode``, ``drain_timeout`` or ``shutdown_delay`` is
             invalid.
+        TypeError: ``backend`` or ``spill`` with an app that is a middleware
+            already.
 
     Cancellation:
         Cancelling ``serve`` begins the same shutdown: the server finishes it
@@ -176,7 +184,7 @@ async def serve(
     if drain_timeout is not None:
         check_timeout(drain_timeout)
     check_timeout(shutdown_delay, "shutdown_delay")
-    middleware = wrap(app, backend)
+    middleware = wrap(app, backend, spill=spill)
     if config is None:
         config = Config()
     control = ShutdownControl(middleware, mode, drain_timeout, shutdown_delay)
@@ -187,14 +195,22 @@ async def serve(
                 nursery.start_soon(watch_signals, control)
             if shutdown_trigger is not None:
                 await shutdown_trigger()
-                control.request()
+                control.request("trigger")
 
     return await serve_middleware(middleware, config, control, watch, task_status=task_status)
 
 
-async def watch_signals(control: ShutdownControl) -> None:
-    """Feed SIGINT/SIGTERM to ``control`` for as long as this runs."""
+async def watch_signals(
+    control: ShutdownControl, signalled_before: Callable[[], bool] | None = None
+) -> None:
+    """Feed SIGINT/SIGTERM to ``control`` for as long as this runs.
+
+    ``signalled_before()``: whether a signal came before this watched (the
+    command line's own handler saw it); it then counts as the first.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        if signalled_before is not None and signalled_before():
+            control.signal()
         async for _ in received:
             control.signal()
 
@@ -242,7 +258,9 @@ async def serve_middleware(
         finally:
             # Also reached when Hypercorn stops by itself (max_requests): it
             # cancels this trigger, then reads graceful_timeout.
-            control.request()
+            control.request(
+                "max_requests" if server_config.max_requests is not None else "server stop"
+            )
             remaining = control.supervisor.time_until_deadline()
             server_config.graceful_timeout = remaining + CLEANUP_MARGIN
 
@@ -271,7 +289,7 @@ async def serve_middleware(
         except trio.Cancelled:
             if not stopped.is_set():
                 # serve() itself was cancelled: the same shutdown, then report.
-                control.request()
+                control.request("cancellation")
                 with trio.CancelScope(shield=True):
                     await stopped.wait()
                 control.supervisor.close()

@@ -101,10 +101,10 @@ async def _serve_worker(
             try:
                 message: tuple[Any, ...] = conn.recv()
             except EOFError:  # the parent is gone: stop as if it had said so
-                control.request()
+                control.request("parent process gone")
                 return
             if message[0] == "shutdown":
-                control.request()
+                control.request("signal")
             elif message[0] == "escalate":
                 control.escalate()
 
@@ -354,6 +354,7 @@ def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
     )
     merged: dict[str, Any] = {
         "mode": modes[0]["mode"] if modes else None,
+        "cause": modes[0].get("cause") if modes else None,
         "drain_timeout": modes[0]["drain_timeout"] if modes else None,
         "total": sum(counts.values()),
         "counts": counts,
@@ -383,7 +384,10 @@ def run_workers(
     sections = [worker.section() for worker in workers]
     merged = merge(sections)
     summary = ShutdownReport(
-        mode=merged["mode"], drain_timeout=merged["drain_timeout"], counts=merged["counts"]
+        mode=merged["mode"],
+        cause=merged["cause"],
+        drain_timeout=merged["drain_timeout"],
+        counts=merged["counts"],
     ).summary()
     lost = [s for s in sections if s["report"] is None]
     line = f"{count} workers: {summary}" + (
