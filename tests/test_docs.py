@@ -202,7 +202,7 @@ async def test_serve_program_stops_on_sigint_and_prints_the_report(
             signal.raise_signal(signal.SIGINT)
     out = capsys.readouterr().out
     assert out.endswith(
-        "background tasks (drain, timeout 20s): 0 total: 0 completed, 0 failed, "
+        "background tasks (drain, timeout 20s, on signal): 0 total: 0 completed, 0 failed, "
         "0 cancelled, 0 skipped, 0 abandoned\n"
     )
 

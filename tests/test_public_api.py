@@ -25,6 +25,7 @@ def test_public_names() -> None:
         "DurableBackend",
         "TaskObserver",
         "from_scope",
+        "health",
         "monitor",
         "report_progress",
         "serve",

@@ -16,7 +16,7 @@ import trio.testing
 from fastapi import FastAPI
 from hypercorn.config import Config
 
-from trio_background import BackgroundTasksMiddleware, ShutdownReport, serve
+from trio_background import BackgroundTasksMiddleware, ShutdownReport, health, serve
 from trio_background.fastapi import BackgroundTasks
 
 
@@ -38,6 +38,12 @@ def app_with(seconds: float, **options: object) -> FastAPI:
         background_tasks.add_task(sleeper, 1)
         return {"status": "accepted"}
 
+    @app.post("/hold")
+    async def hold() -> dict[str, str]:
+        await trio.sleep(3600)  # an in-flight request, no task
+        return {"status": "done"}
+
+    app.add_route("/healthz", health())
     return app
 
 
@@ -91,7 +97,7 @@ async def test_drain_outlasts_hypercorns_graceful_timeout(clock: trio.testing.Mo
 async def test_drain_deadline_cuts_the_batch(clock: trio.testing.MockClock) -> None:
     report, took = await serve_one_request(app_with(3600), drain_timeout=10)
     assert (report.count("cancelled"), report.count("skipped")) == (1, 1)
-    assert report.mode == "drain"
+    assert (report.mode, report.cause) == ("drain", "trigger")
     assert 10 <= took < 11
 
 
@@ -132,29 +138,158 @@ async def test_serve_rejects_bad_options() -> None:
         await serve(app_with(1), drain_timeout=float("inf"))
 
 
-async def test_heap_frozen_for_the_collector_during_shutdown_only(
+async def serve_with_a_request_in_flight(**serve_options: object) -> float:
+    """Serve, leave a request in flight, trigger shutdown; return the time it took."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            partial(
+                serve, app_with(1), loopback_config(), shutdown_trigger=stop.wait, **serve_options
+            )  # type: ignore[arg-type]
+        )
+        async with httpx.AsyncClient(base_url=binds[0]) as client, trio.open_nursery() as inner:
+
+            async def hold() -> None:
+                # Hypercorn closes the connection when it cuts the request.
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.post("/hold", timeout=None)
+
+            inner.start_soon(hold)
+            await trio.sleep(1)
+            started = trio.current_time()
+            stop.set()
+    return trio.current_time() - started
+
+
+@pytest.mark.parametrize(
+    ("options", "cut_at"), [({"mode": "cancel"}, 1.0), ({"drain_timeout": 10}, 11.0)]
+)
+async def test_in_flight_requests_are_cut_one_second_after_the_batch_deadline(
+    clock: trio.testing.MockClock, options: dict[str, object], cut_at: float
+) -> None:
+    # Hypercorn's graceful_timeout (3 s in the config) is replaced by exactly
+    # the time to the batch deadline plus one second, in both modes.
+    took = await serve_with_a_request_in_flight(**options)
+    assert cut_at <= took < cut_at + 0.5
+
+
+async def test_max_requests_shutdown_drains_by_the_deadline(clock: trio.testing.MockClock) -> None:
+    # Hypercorn stops by itself after max_requests: the same shutdown runs.
+    config = loopback_config()
+    config.max_requests = 0  # the first request makes it stop
+    reports: list[ShutdownReport] = []
+
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        reports.append(
+            await serve(app_with(3600), config, drain_timeout=10, task_status=task_status)
+        )
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            assert (await client.post("/work")).status_code == 200
+        started = trio.current_time()
+    took = trio.current_time() - started
+    (report,) = reports
+    assert (report.mode, report.drain_timeout, report.cause) == ("drain", 10, "max_requests")
+    assert (report.count("cancelled"), report.count("skipped")) == (1, 1)
+    assert 10 <= took < 11
+
+
+async def test_cancelled_serve_drains_reports_and_reraises(clock: trio.testing.MockClock) -> None:
+    middleware = BackgroundTasksMiddleware(app_with(3600), drain_timeout=10)
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, middleware, loopback_config()))
+            async with httpx.AsyncClient(base_url=binds[0]) as client:
+                assert (await client.post("/work")).status_code == 200
+            started = trio.current_time()
+            outer.cancel()
+    assert outer.cancelled_caught  # serve() re-raised the cancellation
+    assert 10 <= trio.current_time() - started < 11
+    report = middleware.supervisor.close()  # made and logged before the re-raise
+    assert (report.mode, report.count("cancelled"), report.count("skipped")) == ("drain", 1, 1)
+    assert report.cause == "cancellation"
+
+
+async def test_shutdown_delay_keeps_accepting_while_health_says_503(
     clock: trio.testing.MockClock,
 ) -> None:
-    import gc
+    stop = trio.Event()
+    reports: list[ShutdownReport] = []
 
-    seen: list[int] = []
-    app = FastAPI()
-    app.add_middleware(BackgroundTasksMiddleware)
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        reports.append(
+            await serve(
+                app_with(3600),
+                loopback_config(),
+                drain_timeout=10,
+                shutdown_delay=5,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+        )
 
-    async def watch() -> None:
-        await trio.sleep(3600)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            assert (await client.get("/healthz")).status_code == 200
+        started = trio.current_time()
+        stop.set()
+        await trio.sleep(4)
+        # A new connection during the delay is accepted and answered.
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            response = await client.get("/healthz")
+            assert response.status_code == 503
+            assert response.json()["status"] == "shutting down"
+            assert (await client.post("/work")).status_code == 200
+        await trio.sleep(2)
+        with pytest.raises(httpx.ConnectError):  # the delay is over: not accepting
+            async with httpx.AsyncClient(base_url=binds[0]) as client:
+                await client.get("/healthz")
+    # The deadline counted from the trigger, not from the end of the delay.
+    assert 10 <= trio.current_time() - started < 11
+    (report,) = reports
+    assert (report.count("cancelled"), report.count("skipped")) == (1, 1)
 
-    async def record_gc() -> None:
-        seen.append(gc.get_freeze_count())
 
-    @app.post("/work")
-    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
-        background_tasks.add_task(watch)
-        background_tasks.add_task(record_gc)
-        return {"status": "accepted"}
+async def test_serve_rejects_a_bad_shutdown_delay() -> None:
+    with pytest.raises(
+        ValueError, match=r"^shutdown_delay must be a finite number of seconds >= 0, got -1$"
+    ):
+        await serve(app_with(1), shutdown_delay=-1)
 
-    assert gc.get_freeze_count() == 0
-    report, _ = await serve_one_request(app, drain_timeout=7200)
+
+class RecordingBackend:
+    """A durable backend that stores nothing and records its life."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def is_durable(self, func: object) -> bool:
+        return False
+
+    async def open(self) -> None:
+        self.calls.append("open")
+
+    async def aclose(self) -> None:
+        self.calls.append("aclose")
+
+    async def hand_off(self, tasks: object) -> list[str]:
+        raise AssertionError("nothing is durable")
+
+
+async def test_serve_hands_the_backend_to_its_middleware(clock: trio.testing.MockClock) -> None:
+    backend = RecordingBackend()
+    report, _ = await serve_one_request(app_with(0), backend=backend)
     assert report.all_completed
-    assert seen[0] > 0  # the second task ran during the drain
-    assert gc.get_freeze_count() == 0
+    assert backend.calls == ["open", "aclose"]
+
+
+async def test_serve_backend_needs_an_unwrapped_app() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"^backend= needs an app that is not wrapped yet: pass the backend to the "
+        r"middleware instead, BackgroundTasksMiddleware\(app, backend=backend\)$",
+    ):
+        await serve(BackgroundTasksMiddleware(app_with(1)), backend=RecordingBackend())

@@ -8,6 +8,7 @@ each.
 """
 
 from ._backend import DurableBackend as DurableBackend
+from ._health import health as health
 from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
 from ._middleware import from_scope as from_scope
 from ._middleware import supervisor_from_scope as supervisor_from_scope
@@ -43,6 +44,7 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "from_scope",
+    "health",
     "monitor",
     "report_progress",
     "serve",

@@ -1,0 +1,400 @@
+"""``--workers N``: N trio worker processes on shared sockets, one deadline, one report.
+
+The parent binds the sockets (Hypercorn's ``Config.create_sockets``) and
+starts each worker as Hypercorn does (multiprocessing's ``spawn``), handing
+it the sockets and one end of a pipe. Workers ignore SIGINT and SIGTERM:
+the parent alone decides. Over the pipe a worker says when it is ready
+(with its shutdown policy) and, every second, its statistics, so when one
+dies the parent can say what it was running; the parent sends it
+``shutdown`` at the first signal and ``escalate`` at the next. Each worker
+writes its own report to a file the parent named, and the parent merges
+them: per-worker sections and summed counts.
+
+A worker that dies while serving is logged and replaced; one that dies
+before it was ready means the app cannot start, and the whole server stops
+(exit 1). After the first signal, a worker still running at the deadline
+plus the cleanup margin plus ``EXIT_SLACK`` is killed and reported so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._loading import LoadError, check_asgi, load_object
+from ._records import FINAL_STATES, ShutdownReport
+from ._serve import CLEANUP_MARGIN, ShutdownControl, serve_middleware, wrap
+from ._supervisor import DEFAULT_DRAIN_TIMEOUT
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+    from hypercorn.config import Config, Sockets
+
+    from ._middleware import BackgroundTasksMiddleware
+    from ._supervisor import Mode
+
+__all__ = ["WorkerSpec", "run_workers", "worker_main"]
+
+logger = logging.getLogger("trio_background")
+
+# Seconds after the last cut for a worker to log, write its report and exit.
+EXIT_SLACK = 2.0
+STATS_INTERVAL = 1.0
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker needs, pickled to it."""
+
+    app: str
+    factory: bool
+    backend: str | None
+    mode: Mode | None
+    drain_timeout: float | None
+    shutdown_delay: float
+    log_level: str
+    configure_logging: Callable[[Config, str], None]
+    config: Config
+    sockets: Sockets
+
+
+def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str) -> None:
+    """A worker process's body (the ``spawn`` target)."""
+    for number in _SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    spec.configure_logging(spec.config, spec.log_level)
+    try:
+        app = check_asgi(load_object(spec.app), spec.app, factory=spec.factory)
+        backend = None if spec.backend is None else load_object(spec.backend, what="NAME")
+    except LoadError as exc:  # the parent loaded it: this is a race with an edit
+        sys.stderr.write(exc.user_traceback + f"worker {index}: {exc}\n")
+        sys.exit(2)
+    for sock in (*spec.sockets.secure_sockets, *spec.sockets.insecure_sockets):
+        sock.listen(spec.config.backlog)
+    report = trio.run(_serve_worker, spec, wrap(app, backend), conn)
+    Path(report_path).write_text(report.to_json(indent=None))
+    conn.close()
+
+
+async def _serve_worker(
+    spec: WorkerSpec, middleware: BackgroundTasksMiddleware, conn: Connection
+) -> ShutdownReport:
+    control = ShutdownControl(middleware, spec.mode, spec.drain_timeout, spec.shutdown_delay)
+
+    async def listen(control: ShutdownControl) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(conn.fileno())
+            try:
+                message: tuple[Any, ...] = conn.recv()
+            except EOFError:  # the parent is gone: stop as if it had said so
+                control.request("parent process gone")
+                return
+            if message[0] == "shutdown":
+                control.request("signal")
+            elif message[0] == "escalate":
+                control.escalate()
+
+    async def report_statistics() -> None:
+        while True:
+            statistics = dataclasses.asdict(control.supervisor.statistics())
+            with contextlib.suppress(OSError):
+                conn.send(("stats", statistics))
+            await trio.sleep(STATS_INTERVAL)
+
+    async def watch(control: ShutdownControl) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen, control)
+            nursery.start_soon(report_statistics)
+
+    reports: list[ShutdownReport] = []
+    started = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        reports.append(
+            await serve_middleware(
+                middleware,
+                spec.config,
+                control,
+                watch,
+                sockets=spec.sockets,
+                started=started,
+                task_status=task_status,
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        await started.wait()  # a failed startup raises instead
+        supervisor = control.supervisor
+        conn.send(("ready", {"mode": supervisor.mode, "drain_timeout": supervisor.drain_timeout}))
+    return reports[0]
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    report_path: Path
+    ready: dict[str, Any] | None = None
+    last_known: dict[str, Any] | None = None
+    fate: str = "running"
+
+    def send(self, *message: object) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(message)
+
+    def section(self) -> dict[str, Any]:
+        report: dict[str, Any] | None = None
+        if self.fate == "exited":
+            with contextlib.suppress(OSError, ValueError):
+                report = json.loads(self.report_path.read_text())
+        return {
+            "worker": self.index,
+            "pid": self.process.pid,
+            "exit_code": self.process.exitcode,
+            "fate": self.fate if report is not None or self.fate != "exited" else "no report",
+            "last_known": self.last_known,
+            "report": report,
+        }
+
+
+class _Parent:
+    def __init__(self, spec: WorkerSpec, count: int, folder: Path) -> None:
+        self.spec = spec
+        self.count = count
+        self.folder = folder
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[_Worker] = []
+        self.live: set[_Worker] = set()
+        self.shutting_down = False
+        self.failed = False
+        self.exit_by = float("inf")
+        self.exit_changed = trio.Event()
+
+    def spawn(self, index: int) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        path = self.folder / f"worker-{len(self.workers)}.json"
+        process = self.context.Process(
+            target=worker_main,
+            args=(self.spec, index, theirs, str(path)),
+            name=f"trio-background worker {index}",
+            daemon=True,
+        )
+        # Blocked signals are inherited: the worker ignores SIGINT/SIGTERM
+        # from its first instruction on (a terminal's Ctrl-C reaches the whole
+        # process group), and a signal meant for us is delivered on unblock.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        theirs.close()
+        worker = _Worker(index, process, ours, path)
+        self.workers.append(worker)
+        self.live.add(worker)
+        if self.shutting_down:
+            worker.send("shutdown")
+        return worker
+
+    async def slot(self, index: int) -> None:
+        """Keep worker ``index`` running until shutdown."""
+        while True:
+            worker = self.spawn(index)
+            await self._follow(worker)
+            self.live.discard(worker)
+            if self.shutting_down or self.failed:
+                return
+            if worker.ready is None:
+                logger.error(
+                    "worker %d (pid %s) exited with code %s before it was ready: stopping",
+                    index,
+                    worker.process.pid,
+                    worker.process.exitcode,
+                )
+                self.failed = True
+                self.begin_shutdown()
+                return
+            if worker.process.exitcode == 0:  # it stopped by itself (max_requests)
+                logger.info(
+                    "worker %d (pid %s) stopped by itself; starting a replacement",
+                    index,
+                    worker.process.pid,
+                )
+                continue
+            worker.fate = "died"
+            logger.error(
+                "worker %d (pid %s) died (exit code %s) while serving; last known: %s; "
+                "starting a replacement",
+                index,
+                worker.process.pid,
+                worker.process.exitcode,
+                _describe_statistics(worker.last_known),
+            )
+
+    async def _follow(self, worker: _Worker) -> None:
+        conn = worker.conn
+        while True:
+            await trio.lowlevel.wait_readable(conn.fileno())
+            try:
+                kind, data = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "ready":
+                worker.ready = data
+            elif kind == "stats":
+                worker.last_known = data
+        conn.close()
+        await trio.lowlevel.wait_readable(worker.process.sentinel)
+        worker.process.join()
+        if worker.fate == "running":
+            worker.fate = "exited"
+
+    def begin_shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        for worker in self.live:
+            worker.send("shutdown")
+        self._exit_within(max(self.spec.shutdown_delay, self._deadline_in()) + CLEANUP_MARGIN)
+
+    def escalate(self) -> None:
+        for worker in self.live:
+            worker.send("escalate")
+        self._exit_within(CLEANUP_MARGIN)
+
+    def _deadline_in(self) -> float:
+        """Seconds from now to the batch deadline (the longest the workers said)."""
+        policies = [w.ready for w in self.live if w.ready is not None]
+        modes = [self.spec.mode or p["mode"] for p in policies] or [self.spec.mode or "drain"]
+        if all(mode == "cancel" for mode in modes):
+            return 0.0
+        if self.spec.drain_timeout is not None:
+            return self.spec.drain_timeout
+        return max((p["drain_timeout"] for p in policies), default=DEFAULT_DRAIN_TIMEOUT)
+
+    def _exit_within(self, seconds: float) -> None:
+        self.exit_by = min(self.exit_by, trio.current_time() + seconds + EXIT_SLACK)
+        self.exit_changed.set()
+        self.exit_changed = trio.Event()
+
+    async def kill_late(self) -> None:
+        """Kill the workers still running when the exit deadline comes."""
+        while True:
+            with trio.move_on_at(self.exit_by):
+                await self.exit_changed.wait()
+                continue
+            for worker in list(self.live):
+                logger.error(
+                    "worker %d (pid %s) still running at the exit deadline: killed; last known: %s",
+                    worker.index,
+                    worker.process.pid,
+                    _describe_statistics(worker.last_known),
+                )
+                worker.fate = "killed"
+                worker.process.kill()
+            return
+
+    async def run(self, signalled_before: Callable[[], bool]) -> None:
+        with trio.open_signal_receiver(*_SIGNALS) as signals:
+            if signalled_before():  # a signal came while this process was starting
+                self.begin_shutdown()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, signals)
+                nursery.start_soon(self.kill_late)
+                async with trio.open_nursery() as slots:
+                    for index in range(self.count):
+                        slots.start_soon(self.slot, index)
+                nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            if self.shutting_down:
+                self.escalate()
+            else:
+                self.begin_shutdown()
+
+
+def _describe_statistics(statistics: dict[str, Any] | None) -> str:
+    if statistics is None:
+        return "nothing reported yet"
+    counts = ", ".join(f"{n} {state}" for state, n in statistics.get("counts", {}).items())
+    active = statistics.get("tasks_active")  # in the statistics of newer cores
+    running = f"{statistics.get('batches_running', 0)} batches running"
+    if active is not None:
+        running += f" ({active} tasks active)"
+    return f"{running}; so far {counts}"
+
+
+def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from the workers' sections: summed counts, every kept record."""
+    reports = [s["report"] for s in sections if s["report"] is not None]
+    counts = {state.value: 0 for state in FINAL_STATES}
+    for report in reports:
+        for state, n in report["counts"].items():
+            counts[state] = counts.get(state, 0) + n
+    # The mode in force at the end: a worker that was idle may have finished
+    # its drain before a second signal cut the others.
+    modes = sorted(
+        (r for r in reports if r["mode"] is not None), key=lambda r: r["mode"] != "cancel"
+    )
+    merged: dict[str, Any] = {
+        "mode": modes[0]["mode"] if modes else None,
+        "cause": modes[0].get("cause") if modes else None,
+        "drain_timeout": modes[0]["drain_timeout"] if modes else None,
+        "total": sum(counts.values()),
+        "counts": counts,
+    }
+    for state in counts:
+        merged[state] = [
+            {**record, "worker": section["worker"]}
+            for section in sections
+            if section["report"] is not None
+            for record in section["report"].get(state, [])
+        ]
+    merged["workers"] = sections
+    return merged
+
+
+def run_workers(
+    spec: WorkerSpec, count: int, folder: Path, signalled_before: Callable[[], bool]
+) -> tuple[dict[str, Any], bool]:
+    """Run ``count`` workers until shutdown; the merged report and whether all went well.
+
+    ``signalled_before()`` says whether SIGINT/SIGTERM came before this
+    process watched them (shutdown then begins at once).
+    """
+    parent = _Parent(spec, count, folder)
+    trio.run(parent.run, signalled_before)
+    workers = sorted(parent.workers, key=lambda w: w.index)  # stable: spawn order within
+    sections = [worker.section() for worker in workers]
+    merged = merge(sections)
+    summary = ShutdownReport(
+        mode=merged["mode"],
+        cause=merged["cause"],
+        drain_timeout=merged["drain_timeout"],
+        counts=merged["counts"],
+    ).summary()
+    lost = [s for s in sections if s["report"] is None]
+    line = f"{count} workers: {summary}" + (
+        f"; {len(lost)} worker processes left no report" if lost else ""
+    )
+    if merged["counts"].get("completed", 0) == merged["total"] and not lost:
+        logger.info("%s", line)
+    else:
+        logger.warning("%s", line)
+    return merged, not parent.failed

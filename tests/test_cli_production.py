@@ -1,0 +1,228 @@
+"""Whole processes: the production command line (workers, TLS, unix sockets, config
+files, signal storms, the report file, readiness during a drain).
+
+Real time, real processes on 127.0.0.1:0; waits are on lines the processes
+print, with generous bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trustme
+
+from .processes import start, start_cli
+
+EXIT_MARGIN = 4.0
+
+
+async def pids_serving(url: str, wanted: int) -> dict[int, int]:
+    """Requests on new connections until ``wanted`` worker processes answered."""
+    seen: dict[int, int] = {}
+    for _ in range(200):
+        async with httpx.AsyncClient(base_url=url) as client:
+            pid = (await client.get("/pid")).json()["pid"]
+        seen[pid] = seen.get(pid, 0) + 1
+        if len(seen) == wanted:
+            return seen
+    raise AssertionError(f"only {len(seen)} of {wanted} workers answered 200 requests")
+
+
+async def test_two_workers_one_deadline_one_report(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli(
+        "--workers", "2", "--drain-timeout", "1", "--report-json", str(report_path)
+    )  # fmt: skip
+    url = await server.url()
+    await server.wait_for(r"Running on", new=True)  # the second worker
+    requests_by_pid = await pids_serving(url, 2)
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    status = await server.finish()
+    took = time.monotonic() - signalled
+    assert status == 0, server.output
+    assert took < 1 + 1 + EXIT_MARGIN  # the deadline, the cut, the margin
+    report = json.loads(report_path.read_text())
+    sections = report["workers"]
+    assert {s["pid"]: s["report"]["total"] for s in sections} == requests_by_pid
+    assert [s["fate"] for s in sections] == ["exited", "exited"]
+    assert report["total"] == report["counts"]["cancelled"] == sum(requests_by_pid.values())
+    assert (report["mode"], report["cause"]) == ("drain", "signal")
+    assert {r["worker"] for r in report["cancelled"]} == {0, 1}
+    assert "2 workers: background tasks (drain, timeout 1s, on signal): " in server.output
+
+
+async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli("--workers", "2", "--report-json", str(report_path))
+    url = await server.url()
+    await server.wait_for(r"Running on", new=True)
+    victim = next(iter(await pids_serving(url, 2)))
+    os.kill(victim, signal.SIGKILL)
+    await server.wait_for(
+        rf"worker \d \(pid {victim}\) died \(exit code -9\) while serving; last known: "
+        r"\d+ batches running( \(\d+ tasks active\))?; so far 0 completed.*; starting a replacement"
+    )
+    await server.wait_for(r"Running on", new=True)  # the replacement
+    server.process.send_signal(signal.SIGTERM)  # a drain of 30 s (the middleware's)...
+    await server.wait_for("shutdown: draining background tasks for up to 30s")
+    server.process.send_signal(signal.SIGTERM)  # ...cut short by the second signal
+    assert await server.finish() == 0, server.output
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "cancel"
+    fates = {s["pid"]: s["fate"] for s in report["workers"]}
+    assert len(fates) == 3
+    assert fates.pop(victim) == "died"
+    assert list(fates.values()) == ["exited", "exited"]
+
+
+async def test_a_worker_that_cannot_stop_is_killed_at_the_exit_deadline(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli(
+        "--workers", "2", "--mode", "cancel", "--report-json", str(report_path)
+    )  # fmt: skip
+    url = await server.url()
+    await server.wait_for(r"Running on", new=True)
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/block")).status_code == 200
+    await server.wait_for("task blocking started")
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    assert await server.finish() == 0, server.output
+    # The deadline (now) + the cut (1 s) + the time to exit (2 s), then the kill.
+    assert time.monotonic() - signalled < 3 + EXIT_MARGIN
+    assert "still running at the exit deadline: killed" in server.output
+    report = json.loads(report_path.read_text())
+    assert sorted(s["fate"] for s in report["workers"]) == ["exited", "killed"]
+
+
+async def test_a_worker_that_fails_at_startup_stops_the_server() -> None:
+    server = await start(
+        "-m", "trio_background", "tests.cli_app:failing_startup_app", "--workers", "2",
+        "--bind", "127.0.0.1:0",
+    )  # fmt: skip
+    assert await server.finish() == 1
+    assert re.search(
+        r"worker \d \(pid \d+\) exited with code \d+ before it was ready", server.output
+    )
+
+
+async def test_tls_and_a_unix_socket_in_one_server(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    certificate.private_key_pem.write_to_path(str(keyfile))
+    socket_path = tmp_path / "app.sock"
+    server = await start_cli(
+        "--bind", "127.0.0.1:0", "--certfile", str(certfile), "--keyfile", str(keyfile),
+        "--insecure-bind", f"unix:{socket_path}",
+    )  # fmt: skip
+    url = await server.url()
+    assert url.startswith("https://127.0.0.1:")
+    await server.wait_for(rf"Running on http://unix:{socket_path} ")
+    trusted = ssl.create_default_context()
+    authority.configure_trust(trusted)
+    async with httpx.AsyncClient(base_url=url, verify=trusted) as client:
+        assert (await client.get("/health")).json()["status"] == "serving"
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    async with httpx.AsyncClient(base_url="http://localhost", transport=transport) as client:
+        assert (await client.get("/health")).status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.finish() == 0, server.output
+
+
+async def test_a_toml_config_file_several_binds_and_a_factory(tmp_path: Path) -> None:
+    config = tmp_path / "hypercorn.toml"
+    config.write_text('bind = ["127.0.0.1:1"]\nroot_path = "/api"\nkeep_alive_timeout = 2\n')
+    socket_path = tmp_path / "app.sock"
+    server = await start(
+        "-m", "trio_background", "tests.cli_app:make_app", "--factory", "--config", str(config),
+        "--bind", "127.0.0.1:0", "--bind", f"unix:{socket_path}", "--keep-alive", "3",
+    )  # fmt: skip
+    url = await server.url()  # the command line's binds won over the file's
+    await server.wait_for(rf"Running on http://unix:{socket_path} ")
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/root-path")).json() == {"root_path": "/api"}
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    async with httpx.AsyncClient(base_url="http://localhost", transport=transport) as client:
+        assert (await client.get("/root-path")).json() == {"root_path": "/api"}
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.finish() == 0, server.output
+
+
+@pytest.mark.parametrize(("signum", "count"), [(signal.SIGTERM, 10), (signal.SIGINT, 3)])
+async def test_signal_storms_never_lose_the_report(
+    tmp_path: Path, signum: signal.Signals, count: int
+) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli("--drain-timeout", "5", "--report-json", str(report_path))
+    url = await server.url()
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/work")).status_code == 200
+    await server.wait_for("task long started")
+    for _ in range(count):
+        if server.process.returncode is not None:
+            break
+        server.process.send_signal(signum)
+        await trio.sleep(0.01)  # the storm's pace, not a synchronisation
+    assert await server.finish() == 0, server.output
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "cancel"  # the second signal cut the drain short
+    assert report["total"] == 3
+
+
+async def test_sigkill_while_the_report_is_written_keeps_the_previous_one(
+    tmp_path: Path,
+) -> None:
+    report_path = tmp_path / "report.json"
+    report_path.write_text('{"previous": true}\n')
+    server = await start_cli(
+        "--report-json", str(report_path), env={"_TRIO_BACKGROUND_PAUSE_BEFORE_RENAME": "1"}
+    )
+    await server.url()
+    server.process.send_signal(signal.SIGTERM)
+    temporary = Path((await server.wait_for(r"report: (\S+) written, paused")).group(1))
+    assert temporary.parent == tmp_path
+    assert (
+        json.loads(await trio.Path(temporary).read_text())["total"] == 0
+    )  # the whole new report, on disk
+    assert report_path.read_text() == '{"previous": true}\n'
+    server.process.kill()
+    assert await server.finish() == -signal.SIGKILL
+    assert report_path.read_text() == '{"previous": true}\n'
+
+
+async def test_readiness_fails_at_the_first_signal_while_new_connections_are_answered(
+    tmp_path: Path,
+) -> None:
+    report_path = tmp_path / "report.json"
+    server = await start_cli(
+        "--drain-timeout", "30", "--shutdown-delay", "30", "--report-json", str(report_path)
+    )  # fmt: skip
+    url = await server.url()
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/work")).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+    await server.wait_for("task long started")
+    server.process.send_signal(signal.SIGTERM)
+    await server.wait_for("shutdown: draining background tasks for up to 30s")
+    async with httpx.AsyncClient(base_url=url) as client:  # a new connection
+        response = await client.get("/health")
+        assert response.status_code == 503
+        assert response.json()["status"] == "shutting down"
+        assert (await client.post("/work")).status_code == 200  # still accepted
+    server.process.send_signal(signal.SIGTERM)  # enough: cut now
+    assert await server.finish() == 0, server.output
+    report = json.loads(report_path.read_text())
+    assert report["total"] == 6
+    assert report["mode"] == "cancel"
