@@ -5,6 +5,11 @@ Both are trio fixtures (they open nurseries), so they need pytest-trio: set
 app that a fixture named ``asgi_app`` (yours) returns. Used from a test that
 is not a trio test, they fail with a message that says so, instead of
 pytest's generic complaint about async fixtures.
+
+pytest loads this module at start-up in every project that has
+trio-background installed, so it must import without the ``testing`` extra:
+httpx is imported only when ``background_client`` is used, and its absence
+fails that test with the ``pip install`` line, not the whole run.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._client import BackgroundClient, open_client
 from ._live import LiveServer, open_live_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from ._client import BackgroundClient
 
 _OURS = ("background_client", "live_server")
 
@@ -37,6 +43,10 @@ def asgi_app() -> Any:
 @pytest.fixture
 async def background_client(asgi_app: Any) -> AsyncIterator[BackgroundClient]:
     """An in-process client on ``asgi_app`` (see ``open_client``)."""
+    try:
+        from ._client import open_client
+    except ImportError as exc:
+        pytest.fail(str(exc), pytrace=False)
     async with open_client(asgi_app) as client:
         yield client
 
