@@ -441,3 +441,63 @@ async def test_trailers_need_http2_as_under_hypercorn() -> None:
     ):
         async with open_client(app) as client:
             await client.get("/")
+
+
+NO_HTTPX = """
+import sys
+
+sys.modules["httpx"] = None  # from now on, import httpx raises ImportError
+"""
+
+WITHOUT_HTTPX_TESTS = """
+import pytest
+
+import trio_background.testing
+
+
+@pytest.fixture
+def asgi_app():
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    return app
+
+
+def test_client_import_names_the_extra():
+    with pytest.raises(
+        ImportError,
+        match=(
+            r"^trio_background.testing.open_client is an httpx client, and httpx is not "
+            r"installed: pip install 'trio-background\\[testing\\]'$"
+        ),
+    ):
+        from trio_background.testing import open_client
+
+
+async def test_live_server_needs_no_httpx(live_server):
+    assert live_server.url.startswith("http://127.0.0.1:")
+
+
+async def test_client_fixture(background_client):
+    pass
+"""
+
+
+def test_without_httpx_the_plugin_loads_and_the_client_names_the_extra(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\ntrio_mode = true\n")
+    pytester.makepyfile(no_httpx=NO_HTTPX, test_user=WITHOUT_HTTPX_TESTS)
+    # -p loads the blocker before the plugins that packages register.
+    result = pytester.runpytest_subprocess("-p", "no_httpx", "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_client_fixture*",
+            "*trio_background.testing.open_client is an httpx client, and httpx is not "
+            "installed: pip install 'trio-background[[]testing[]]'",
+        ]
+    )

@@ -14,6 +14,8 @@ fails that test with the ``pip install`` line, not the whole run.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from ._client import BackgroundClient
 
 _OURS = ("background_client", "live_server")
+
+# Threads under trio's MockClock follow real time once this is imported.
+# (Until trio_background.testing._clock exists, there is nothing to install.)
+with contextlib.suppress(ImportError):
+    importlib.import_module("trio_background.testing._clock")
 
 
 @pytest.fixture
@@ -43,10 +50,8 @@ def asgi_app() -> Any:
 @pytest.fixture
 async def background_client(asgi_app: Any) -> AsyncIterator[BackgroundClient]:
     """An in-process client on ``asgi_app`` (see ``open_client``)."""
-    try:
-        from ._client import open_client
-    except ImportError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    from ._client import open_client  # checked by pytest_fixture_setup
+
     async with open_client(asgi_app) as client:
         yield client
 
@@ -70,7 +75,14 @@ def _is_trio_test(request: pytest.FixtureRequest) -> bool:
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
-    if fixturedef.argname in _OURS and fixturedef.baseid == "" and not _is_trio_test(request):
+    if fixturedef.argname not in _OURS or fixturedef.baseid != "":
+        return  # not ours, or the user's own fixture of that name
+    if fixturedef.argname == "background_client":
+        try:
+            importlib.import_module("trio_background.testing._client")
+        except ImportError as exc:  # the message names the extra to install
+            pytest.fail(str(exc), pytrace=False)
+    if not _is_trio_test(request):
         pytest.fail(
             f"the {fixturedef.argname} fixture runs in trio, but {request.node.name} is not a "
             "trio test: make the test 'async def' and run it with pytest-trio "
