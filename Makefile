@@ -61,7 +61,7 @@ $(FLOOR)/.installed: pyproject.toml $(STAMP)
 	touch $(FLOOR)/.installed
 
 test-floor: $(FLOOR)/.installed
-	PYTHONPATH=$(FLOOR) $(PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+	PYTHONPATH=$(CURDIR)/$(FLOOR) $(PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # The sdist and wheel users get: built, checked by twine, and the wheel holds
 # py.typed and no tests (scripts/check-dist).
