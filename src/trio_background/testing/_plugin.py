@@ -63,6 +63,14 @@ async def live_server(asgi_app: Any) -> AsyncIterator[LiveServer]:
         yield server
 
 
+def _missing_httpx() -> str | None:
+    try:
+        importlib.import_module("trio_background.testing._client")
+    except ImportError as exc:
+        return str(exc)  # it names the extra to install
+    return None
+
+
 def _is_trio_test(request: pytest.FixtureRequest) -> bool:
     node = request.node
     if node.get_closest_marker("trio") is not None:
@@ -77,11 +85,8 @@ def pytest_fixture_setup(
 ) -> None:
     if fixturedef.argname not in _OURS or fixturedef.baseid != "":
         return  # not ours, or the user's own fixture of that name
-    if fixturedef.argname == "background_client":
-        try:
-            importlib.import_module("trio_background.testing._client")
-        except ImportError as exc:  # the message names the extra to install
-            pytest.fail(str(exc), pytrace=False)
+    if fixturedef.argname == "background_client" and (missing := _missing_httpx()):
+        pytest.fail(missing, pytrace=False)
     if not _is_trio_test(request):
         pytest.fail(
             f"the {fixturedef.argname} fixture runs in trio, but {request.node.name} is not a "
