@@ -7,23 +7,30 @@
   ``background_client`` and ``live_server``, for pytest-trio tests; both
   serve the app returned by a fixture named ``asgi_app`` that you define.
 
+Under ``trio.testing.MockClock`` (pytest-trio's ``autojump_clock``), virtual
+time runs at real speed while a sync task's thread works, so a test's outcome
+equals production's (see ``_clock.py``).
+
 The client is an ``httpx.AsyncClient``, so it needs the ``testing`` extra
 (``pip install 'trio-background[testing]'``). Without it this package still
-imports (so does the pytest plugin, and the live server works, with any HTTP
-client), and ``from trio_background.testing import open_client`` raises an
-``ImportError`` that names the extra.
+imports (so does the pytest plugin, the clock hook is installed, and the live
+server works, with any HTTP client), and ``from trio_background.testing
+import open_client`` raises an ``ImportError`` that names the extra.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._clock import install as _install_clock_hook
 from ._live import LiveServer as LiveServer
 from ._live import open_live_server as open_live_server
 
 if TYPE_CHECKING:
     from ._client import BackgroundClient as BackgroundClient
     from ._client import open_client as open_client
+
+_install_clock_hook()  # idempotent: threads under MockClock take real time
 
 __all__ = ["BackgroundClient", "LiveServer", "open_client", "open_live_server"]
 

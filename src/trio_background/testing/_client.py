@@ -42,7 +42,8 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
 
-from .._middleware import ASGIApp, BackgroundTasksMiddleware, Message
+from .._asgi import ASGIApp, Message
+from .._middleware import BackgroundTasksMiddleware
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, MutableMapping

@@ -14,13 +14,13 @@ fails that test with the ``pip install`` line, not the whole run.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import _clock
 from ._live import LiveServer, open_live_server
 
 if TYPE_CHECKING:
@@ -30,10 +30,9 @@ if TYPE_CHECKING:
 
 _OURS = ("background_client", "live_server")
 
-# Threads under trio's MockClock follow real time once this is imported.
-# (Until trio_background.testing._clock exists, there is nothing to install.)
-with contextlib.suppress(ImportError):
-    importlib.import_module("trio_background.testing._clock")
+# Threads under trio's MockClock follow real time once this is imported (it
+# needs no httpx), in every test, whichever tool drives the app.
+_clock.install()
 
 
 @pytest.fixture
