@@ -111,14 +111,15 @@ async def test_client_reports_failed_lifespan() -> None:
 async def test_sync_task_in_a_thread_under_autojump_is_not_cut(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The known hole, handled: autojump is held while a task's thread runs."""
+    """Under autojump, a thread's real work is not cut by a deadline it would meet
+    only 30 s later in production, and the clock's own autojump comes back."""
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware, drain_timeout=30)
     done = threading.Event()
 
     def real_work() -> None:
-        # Real time passes in the thread; without the hold, the clock would
-        # jump to the 30 s drain deadline and abandon this task.
+        # Real time passes in the thread; if the clock jumped meanwhile, it
+        # would reach the 30 s drain deadline and abandon this task.
         time.sleep(0.05)
         done.set()
 
@@ -131,8 +132,7 @@ async def test_sync_task_in_a_thread_under_autojump_is_not_cut(
         report = await client.shutdown()
     assert done.is_set()
     assert report.all_completed
-    assert trio.current_time() == 0
-    assert autojump_clock.autojump_threshold == 0  # given back
+    assert autojump_clock.autojump_threshold == 0
 
 
 @pytest.mark.parametrize("mode", ["drain", "cancel"])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _clock
+from ._clock import install as _install_clock_hook
 from ._live import LiveServer, open_live_server
 
 if TYPE_CHECKING:
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 _OURS = ("background_client", "live_server")
 
-# Threads under trio's MockClock follow real time once this is imported (it
-# needs no httpx), in every test, whichever tool drives the app.
-_clock.install()
+# Under trio's MockClock, sync tasks' threads take real time in every test,
+# whichever tool drives the app (the hook needs no httpx).
+_install_clock_hook()
 
 
 @pytest.fixture
