@@ -1,20 +1,31 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and make):
 #   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report)
-#   make test   lint, type-check, test (with the coverage floor) and build the docs
+#   make test   lint, type-check, test (with the coverage floor), build the docs, test the
+#               lowest FastAPI/Starlette pyproject allows, build and check the sdist and wheel
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-examples
+FLOOR := .floor
 EXAMPLE ?= demo
 
-.PHONY: demo test lint typecheck pytest docs bench bench-smoke clean
+.PHONY: demo test lint typecheck pytest test-floor dist docs bench bench-smoke clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the examples extra (FastAPI, httpx, SQLAlchemy), not dev's
+# docs, type checkers and browsers.
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[examples]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m trio_background examples.$(EXAMPLE):app --bind 127.0.0.1:8000 --drain-timeout 10
 
 lint: $(STAMP)
@@ -33,7 +44,32 @@ pytest: $(STAMP)
 	$(PY) -m coverage combine --quiet
 	$(PY) -m coverage report
 
-test: lint typecheck pytest
+test: lint typecheck pytest test-floor dist
+
+# The FastAPI tests on the lowest fastapi and starlette that pyproject.toml
+# allows (scripts/floor-pins reads them), installed beside the venv's in
+# $(FLOOR)/, which PYTHONPATH puts first. Their other needs come from the venv.
+# FastAPI tests: the examples, the CLI's (its app is FastAPI) and every file that
+# imports FastAPI, but the docs build, the browser and the benchmarks.
+FLOOR_TESTS = tests/examples tests/test_cli.py \
+	$(filter-out tests/test_docs.py tests/test_monitor_browser.py tests/test_bench_smoke.py, \
+	$(shell grep -lE '^(from|import) (fastapi|trio_background\.fastapi)' tests/test_*.py))
+
+$(FLOOR)/.installed: pyproject.toml $(STAMP)
+	rm -rf $(FLOOR)
+	$(PY) -m pip install --quiet --target $(FLOOR) --no-deps $$($(PY) scripts/floor-pins)
+	touch $(FLOOR)/.installed
+
+test-floor: $(FLOOR)/.installed
+	PYTHONPATH=$(CURDIR)/$(FLOOR) $(PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
+# The sdist and wheel users get: built, checked by twine, and the wheel holds
+# py.typed and no tests (scripts/check-dist).
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist . >/dev/null
+	$(PY) -m twine check --strict dist/*
+	$(PY) scripts/check-dist dist
 
 # Benchmarks against the anchors (about 8 minutes on 2 cores): wrk from Debian
 # when it can be installed, else bench/load.py; prints tables, writes JSON to
@@ -51,4 +87,4 @@ docs: $(STAMP)
 	$(PY) -m sphinx -nW --keep-going -q -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .coverage docs/_build
+	rm -rf $(VENV) .coverage docs/_build $(FLOOR) build dist

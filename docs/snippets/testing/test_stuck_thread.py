@@ -20,7 +20,7 @@ async def test_a_stuck_sync_task_is_abandoned(autojump_clock):
         nursery.start_soon(supervisor.run, batch)
         await started.wait()
         supervisor.begin_shutdown()
-        # While a task's thread runs, virtual time stands still: move it yourself.
+        # While a thread runs, virtual time follows real time: jump, don't wait.
         autojump_clock.jump(5)
         report = await supervisor.shutdown()
         unblock.set()

@@ -6,6 +6,17 @@ has run: a test cannot see "the response came back while the email was still
 being sent". This transport returns the response as soon as the app has sent
 its final body message, and leaves the app call, and so the batch, running
 in a nursery that the client owns, as Hypercorn's connection does.
+
+It is as strict as Hypercorn's trio worker where an app can tell the
+difference (``hypercorn/protocol/http_stream.py`` and ``h11.py``, whose
+order :class:`_Stream` follows): the scope is the one Hypercorn builds
+(ASGI spec 2.1, so Starlette streams in a child task); every write of the
+response is a checkpoint whose cancellation point comes before the bytes go
+out; the final body send puts ``http.disconnect`` in the app's queue and
+checkpoints again before it returns, so a listener for the disconnect can
+cancel the sender *after* the client has the whole response; bodies of
+HEAD, 1xx, 204 and 304 responses are dropped; and a message the server does
+not expect raises Hypercorn's ``UnexpectedMessageError``.
 """
 
 from __future__ import annotations
@@ -13,10 +24,20 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
 
-import httpx
 import trio
+from hypercorn.protocol.http_stream import ASGIHTTPState
+from hypercorn.utils import UnexpectedMessageError, build_and_validate_headers, suppress_body
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - tested in a subprocess without httpx
+    raise ImportError(
+        "trio_background.testing.open_client is an httpx client, and httpx is not installed: "
+        "pip install 'trio-background[testing]'"
+    ) from exc
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
@@ -34,79 +55,160 @@ __all__ = ["BackgroundClient", "open_client"]
 
 logger = logging.getLogger("trio_background.testing")
 
+HTTPVersion = Literal["1.1", "2"]
+
+# Hypercorn's config.max_app_queue_size default.
+_APP_QUEUE_SIZE = 10
+
+
+class _Stream:
+    """One request, answered as Hypercorn's ``HTTPStream.app_send`` answers it."""
+
+    def __init__(self, scope: MutableMapping[str, Any], body: bytes) -> None:
+        self.scope = scope
+        self.state = ASGIHTTPState.REQUEST
+        self.status = 0  # until http.response.start
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+        self.trailers = False
+        self.done = trio.Event()
+        self._to_app, self._app_queue = trio.open_memory_channel[Message](_APP_QUEUE_SIZE)
+        # Hypercorn passes the body on as it arrives (Body events), then an
+        # empty final chunk (EndBody).
+        if body:
+            self._to_app.send_nowait({"type": "http.request", "body": body, "more_body": True})
+        self._to_app.send_nowait({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive(self) -> Message:
+        # After the request body the app's queue is empty until the stream
+        # closes; after the one http.disconnect, receive() waits forever.
+        return await self._app_queue.receive()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        http2 = self.scope["http_version"] == "2"
+        if kind == "http.response.start" and self.state is ASGIHTTPState.REQUEST:
+            headers = build_and_validate_headers(message.get("headers", []))
+            status = int(message["status"])
+            await self._write(b"")
+            self.status, self.headers = status, headers
+            self.trailers = bool(message.get("trailers", False))
+            self.state = ASGIHTTPState.RESPONSE
+        elif kind == "http.response.body" and self.state is ASGIHTTPState.RESPONSE:
+            data = bytes(message.get("body", b""))
+            if data and not suppress_body(self.scope["method"], self.status):
+                await self._write(data)
+            if not message.get("more_body", False):
+                if self.trailers:
+                    self.state = ASGIHTTPState.TRAILERS
+                else:
+                    await self._close()
+        elif kind == "http.response.trailers" and http2 and self.state is ASGIHTTPState.TRAILERS:
+            if (b"te", b"trailers") in self.scope["headers"]:
+                build_and_validate_headers(message.get("headers", []))
+                await self._write(b"")
+            if not message.get("more_trailers", False):
+                await self._close()
+        elif kind == "http.response.push" and http2:
+            # httpx disables server push, so Hypercorn's push goes nowhere.
+            if not isinstance(message["path"], str):
+                raise TypeError(f"{message['path']} should be a str")
+            await self._write(b"")
+        elif kind == "http.response.early_hint" and http2 and self.state is ASGIHTTPState.REQUEST:
+            await self._write(b"")  # a 103, which httpx reads past
+        else:
+            raise UnexpectedMessageError(self.state, kind)
+
+    async def _write(self, data: bytes) -> None:
+        # Hypercorn writes each event under the connection's send lock, whose
+        # acquire is a cancellation point, then shielded: a write happens
+        # whole or not at all, and is followed by a schedule point.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.parts.append(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _close(self) -> None:
+        # _send_closed: the end of the message goes out and the client has
+        # its response...
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.state = ASGIHTTPState.CLOSED
+        self.done.set()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        # ...then StreamClosed, still inside this send: http.disconnect goes
+        # in the app's queue, and the connection is recycled (the idle timer
+        # restarts under a lock: one more cancellation point).
+        await self._to_app.send({"type": "http.disconnect"})
+        await trio.lowlevel.checkpoint()
+
+    def failed(self) -> None:
+        """The app returned or raised: stop waiting for the response."""
+        self.done.set()
+
 
 class _Transport(httpx.AsyncBaseTransport):
-    def __init__(self, app: ASGIApp, nursery: trio.Nursery, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        nursery: trio.Nursery,
+        state: dict[str, Any],
+        http_version: HTTPVersion,
+    ) -> None:
         self.app = app
         self.nursery = nursery
         self.state = state
+        self.http_version = http_version
         self.in_flight = 0
         self.idle = trio.Event()
         self.idle.set()
         self.app_errors: list[Exception] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+    def scope(self, request: httpx.Request) -> MutableMapping[str, Any]:
+        """The scope Hypercorn's ``HTTPStream`` builds for ``request``."""
         url = request.url
-        scope: MutableMapping[str, Any] = {
+        path, _, query_string = url.raw_path.partition(b"?")
+        extensions: dict[str, object] = {}
+        if self.http_version == "2":
+            extensions = {
+                "http.response.trailers": {},
+                "http.response.push": {},
+                "http.response.early_hint": {},
+            }
+        return {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
+            "http_version": self.http_version,
+            "asgi": {"spec_version": "2.1", "version": "3.0"},
             "method": request.method,
             "scheme": url.scheme,
-            "path": url.path,
-            "raw_path": url.raw_path.split(b"?")[0],
-            "query_string": url.query,
+            "path": unquote(path.decode("ascii")),
+            "raw_path": path,
+            "query_string": query_string,
             "root_path": "",
             "headers": [(k.lower(), v) for k, v in request.headers.raw],
             "client": ("127.0.0.1", 50000),
             "server": (url.host, url.port or (443 if url.scheme == "https" else 80)),
-            "state": dict(self.state),
-            "extensions": {},
+            "state": self.state.copy(),
+            "extensions": extensions,
         }
-        status: int | None = None
-        headers: list[tuple[bytes, bytes]] = []
-        parts: list[bytes] = []
-        done = trio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        stream = _Stream(self.scope(request), await request.aread())
         failure: list[BaseException] = []
-        body_sent = False
-
-        async def receive() -> Message:
-            nonlocal body_sent
-            if not body_sent:
-                body_sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            # A connected client: nothing more to read until the response ends.
-            await done.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            nonlocal status
-            if done.is_set():
-                return  # like a server whose client has its response already
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                headers.extend(message.get("headers", []))
-            elif kind == "http.response.body":
-                parts.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    done.set()
 
         async def run_app() -> None:
             try:
-                await self.app(scope, receive, send)
+                await self.app(stream.scope, stream.receive, stream.send)
             except Exception as exc:
-                if done.is_set():
+                if stream.done.is_set():
                     logger.error("the app raised after its response", exc_info=exc)
                     self.app_errors.append(exc)
                 else:
                     failure.append(exc)
             finally:
-                if not done.is_set():
-                    what = "sending" if status is None else "completing"
+                if not stream.done.is_set():
+                    started = stream.state is not ASGIHTTPState.REQUEST
+                    what = "completing" if started else "sending"
                     failure.append(RuntimeError(f"the app returned without {what} its response"))
-                    done.set()
+                    stream.failed()
                 self.in_flight -= 1
                 if self.in_flight == 0:
                     self.idle.set()
@@ -115,12 +217,15 @@ class _Transport(httpx.AsyncBaseTransport):
             self.idle = trio.Event()
         self.in_flight += 1
         self.nursery.start_soon(run_app)
-        await done.wait()
+        await stream.done.wait()
         if failure:
             raise failure[0]
-        if status is None:  # pragma: no cover - done is set by a final body or a failure
-            raise RuntimeError("the app sent a body before starting its response")
-        return httpx.Response(status, headers=headers, content=b"".join(parts), request=request)
+        return httpx.Response(
+            stream.status,
+            headers=stream.headers,
+            content=b"".join(stream.parts),
+            request=request,
+        )
 
     async def wait_requests(self) -> None:
         while self.in_flight:
@@ -236,6 +341,7 @@ async def open_client(
     drain_timeout: float | None = None,
     lifespan: bool = True,
     raise_app_exceptions: bool = True,
+    http_version: HTTPVersion = "1.1",
 ) -> AsyncGenerator[BackgroundClient, None]:
     """Open an in-process :class:`BackgroundClient` on ``app``.
 
@@ -252,6 +358,9 @@ async def open_client(
         lifespan: Run the app's lifespan.
         raise_app_exceptions: Re-raise on exit what the app raised after
             completing a response (what Hypercorn would only log).
+        http_version: The scope's ``http_version``, and what Hypercorn allows
+            with it: ``"2"`` offers the trailers, push and early-hint
+            extensions, as Hypercorn does over HTTP/2.
 
     Raises:
         RuntimeError: The app's lifespan startup failed.
@@ -266,7 +375,7 @@ async def open_client(
     error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         span = _Lifespan(middleware, state)
-        transport = _Transport(middleware, nursery, state)
+        transport = _Transport(middleware, nursery, state, http_version)
         client = BackgroundClient(transport, middleware, base_url)
         try:
             if lifespan:

@@ -36,7 +36,6 @@ class LiveServer:
     _trigger: trio.Event = field(repr=False)
     _stopped: trio.Event = field(repr=False)
     _report: list[ShutdownReport] = field(repr=False)
-    _overrides: dict[str, object] = field(default_factory=dict[str, object], repr=False)
 
     @property
     def supervisor(self) -> Supervisor:

@@ -5,22 +5,34 @@ Both are trio fixtures (they open nurseries), so they need pytest-trio: set
 app that a fixture named ``asgi_app`` (yours) returns. Used from a test that
 is not a trio test, they fail with a message that says so, instead of
 pytest's generic complaint about async fixtures.
+
+pytest loads this module at start-up in every project that has
+trio-background installed, so it must import without the ``testing`` extra:
+httpx is imported only when ``background_client`` is used, and its absence
+fails that test with the ``pip install`` line, not the whole run.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._client import BackgroundClient, open_client
+from ._clock import install as _install_clock_hook
 from ._live import LiveServer, open_live_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from ._client import BackgroundClient
+
 _OURS = ("background_client", "live_server")
+
+# Under trio's MockClock, sync tasks' threads take real time in every test,
+# whichever tool drives the app (the hook needs no httpx).
+_install_clock_hook()
 
 
 @pytest.fixture
@@ -37,6 +49,8 @@ def asgi_app() -> Any:
 @pytest.fixture
 async def background_client(asgi_app: Any) -> AsyncIterator[BackgroundClient]:
     """An in-process client on ``asgi_app`` (see ``open_client``)."""
+    from ._client import open_client  # checked by pytest_fixture_setup
+
     async with open_client(asgi_app) as client:
         yield client
 
@@ -46,6 +60,14 @@ async def live_server(asgi_app: Any) -> AsyncIterator[LiveServer]:
     """Real Hypercorn serving ``asgi_app`` on 127.0.0.1:0 (see ``open_live_server``)."""
     async with open_live_server(asgi_app) as server:
         yield server
+
+
+def _missing_httpx() -> str | None:
+    try:
+        importlib.import_module("trio_background.testing._client")
+    except ImportError as exc:
+        return str(exc)  # it names the extra to install
+    return None
 
 
 def _is_trio_test(request: pytest.FixtureRequest) -> bool:
@@ -60,7 +82,11 @@ def _is_trio_test(request: pytest.FixtureRequest) -> bool:
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
-    if fixturedef.argname in _OURS and fixturedef.baseid == "" and not _is_trio_test(request):
+    if fixturedef.argname not in _OURS or fixturedef.baseid != "":
+        return  # not ours, or the user's own fixture of that name
+    if fixturedef.argname == "background_client" and (missing := _missing_httpx()):
+        pytest.fail(missing, pytrace=False)
+    if not _is_trio_test(request):
         pytest.fail(
             f"the {fixturedef.argname} fixture runs in trio, but {request.node.name} is not a "
             "trio test: make the test 'async def' and run it with pytest-trio "
