@@ -68,8 +68,11 @@ def compose(order: str, traced: Traced, provider: TracerProvider) -> Any:
 
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
-    named = {span.name: span for span in spans}
-    assert len(named) == len(spans)
+    """Ours and the tasks' spans (not the ASGI middleware's send and receive spans)."""
+    ours = [s for s in spans if s.name.startswith("background ") or s.kind is SpanKind.INTERNAL]
+    ours = [s for s in ours if not s.name.startswith("GET ")]
+    named = {span.name: span for span in ours}
+    assert len(named) == len(ours)
     return named
 
 

@@ -63,6 +63,7 @@ class Mix:
 
     def __init__(self) -> None:
         self.release_thread = threading.Event()
+        self.thread_started = trio.Event()
 
     async def quick(self) -> None:
         await trio.sleep(2)
@@ -74,6 +75,7 @@ class Mix:
         await trio.sleep(3600)
 
     def block(self) -> None:
+        trio.from_thread.run_sync(self.thread_started.set)
         self.release_thread.wait()
 
     async def stubborn(self) -> None:
@@ -95,10 +97,10 @@ class Mix:
         elif route == "/long":
             batch.add_task(self.hang)
             batch.add_task(self.quick)
-        elif route == "/thread":
-            batch.add_task(self.block)
         elif route == "/stubborn":
             batch.add_task(self.stubborn)
+        elif route == "/thread":
+            batch.add_task(self.block)
         await send_text(send, "ok")
 
 
@@ -116,20 +118,31 @@ async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClo
     served = metrics_app(registry)
 
     async with open_client(middleware) as client:
-        for route in ("/ok", "/fail", "/durable", "/long", "/thread", "/stubborn"):
+        for route in ("/ok", "/fail", "/durable", "/long", "/stubborn"):
             assert (await client.post(route)).text == "ok"
-        await trio.sleep(1)
+        await trio.sleep(4.5)  # /ok's two tasks are done
+        assert (await client.post("/thread")).text == "ok"
+        await mix.thread_started.wait()
         # The gauges are read when scraped.
         async with open_client(served) as scraper:
             scrape = await scraper.get("/")
         assert scrape.headers["content-type"].startswith("text/plain; version=")
         live = parse(scrape.text)
-        assert live[("trio_background_batches_running", ())] == 4  # ok, long, thread, stubborn
+        assert live[("trio_background_batches_running", ())] == 3  # long, stubborn, thread
         assert live[("trio_background_threads_busy", ())] == 1
         assert live[("trio_background_tasks_total", (("state", "failed"),))] == 1
         assert live[("trio_background_tasks_total", (("state", "handed_off"),))] == 1
-        report = await client.shutdown()
+        assert live[("trio_background_tasks_total", (("state", "completed"),))] == 2
+
+        client.supervisor.begin_shutdown()  # at 4.5: the deadline is 9.5
+        # Virtual time stands still while a task's thread runs: move it.
+        autojump_clock.jump(5)
+        await trio.testing.wait_all_tasks_blocked()
+        abandoned = client.supervisor.task("6.0")
+        assert abandoned is not None
+        assert abandoned.state.value == "abandoned"
         mix.release_thread.set()
+        report = await client.shutdown()
     assert report.counts == {
         "completed": 3,
         "failed": 1,
@@ -150,16 +163,15 @@ async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClo
     duration = "trio_background_task_duration_seconds"
     assert histogram(duration, "completed") == (3, 2 + 2 + 60)
     assert histogram(duration, "failed") == (1, 0)
-    # Shutdown began at 1 with a 5 s drain: both were cut at 6.
-    assert histogram(duration, "cancelled") == (1, 6)
-    assert histogram(duration, "abandoned") == (1, 6)
+    assert histogram(duration, "cancelled") == (1, 9.5)  # /long's, cut at the deadline
+    assert histogram(duration, "abandoned") == (1, 5)  # from 4.5 to the deadline
     assert histogram(duration, "skipped") == (0, 0)  # never started
     # The second quick task waited 2 s for the first; the others not at all.
     assert histogram("trio_background_task_wait_seconds") == (6, 2)
-    # The shielded task ended at 60, 54 s after the deadline.
-    count, total = histogram("trio_background_shutdown_overrun_seconds")
-    assert (count, total) == (1, 54)
+    # The shielded task ended at 60, 50.5 s after the deadline.
+    assert histogram("trio_background_shutdown_overrun_seconds") == (1, 50.5)
     assert after[("trio_background_batches_running", ())] == 0
+    assert after[("trio_background_threads_busy", ())] == 0
 
 
 def test_two_metrics_on_one_registry_say_what_to_do() -> None:

@@ -37,7 +37,7 @@ try:
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.exposition import choose_encoder
     from prometheus_client.multiprocess import MultiProcessCollector
-except ImportError as exc:  # pragma: no cover - the extra is installed for the tests
+except ImportError as exc:
     raise ImportError(
         "trio_background.prometheus needs prometheus_client: "
         "pip install 'trio-background[prometheus]'"
