@@ -34,10 +34,11 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ._middleware import EXCHANGE_KEY, supervisor_from_scope
+from ._asgi import EXCHANGE_KEY
+from ._middleware import supervisor_from_scope
 
 if TYPE_CHECKING:
-    from ._middleware import Receive, Scope, Send
+    from ._asgi import Receive, Scope, Send
     from ._records import TaskRecord
     from ._supervisor import Supervisor
 

@@ -45,7 +45,8 @@ except ImportError as exc:
 
 import trio
 
-from ._middleware import EXCHANGE_KEY, supervisor_from_scope
+from ._asgi import EXCHANGE_KEY
+from ._middleware import supervisor_from_scope
 from ._observe import TaskObserver
 from ._tasks import TaskState
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from ._middleware import Receive, Scope, Send
+    from ._asgi import Receive, Scope, Send
     from ._records import TaskRecord
     from ._supervisor import Supervisor
     from ._tasks import BackgroundTask
