@@ -8,7 +8,7 @@ parent would stretch the request's trace over work the client never waited
 for. The link keeps the two findable from each other.
 
 - The request's span is the span current where the handler calls
-  ``add_task`` (or ``start_soon``): captured by :meth:`TaskTracer.task_added`,
+  ``add_task`` (or ``start_soon``): captured by the observer's ``task_added``,
   which runs in the request's own context. With
   ``opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware`` that is its
   server span, or the innermost span the handler opened.
@@ -47,7 +47,7 @@ from ._observe import TaskObserver
 from ._tasks import TaskState
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator
     from contextlib import AbstractContextManager
 
     from opentelemetry.trace import Span, SpanContext, TracerProvider
@@ -104,7 +104,7 @@ class TaskTracer(TaskObserver):
         return self._running(task)
 
     @contextmanager
-    def _running(self, task: BackgroundTask) -> Iterator[None]:
+    def _running(self, task: BackgroundTask) -> Generator[None, None, None]:
         span = self._start(task)
         self._spans[task] = span
         token = otel_context.attach(trace.set_span_in_context(span))

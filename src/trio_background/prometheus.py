@@ -324,7 +324,7 @@ class MetricsApp:
         encoder, content_type = choose_encoder(accept.decode("latin-1"))
         if multiprocess_mode():
             merged = CollectorRegistry()
-            MultiProcessCollector(merged)
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             body = await trio.to_thread.run_sync(encoder, merged)
         else:
             body = encoder(self.registry)
