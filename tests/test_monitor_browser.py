@@ -155,9 +155,9 @@ async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
                           document.dispatchEvent(new Event("visibilitychange"));
                         }"""
                     )
-                    page.wait_for_function("timer === null")
+                    page.wait_for_function("() => timer === null")
                     seen["hidden_polls"] = trio.from_thread.run_sync(len, polls)
-                    seen["still_hidden"] = page.evaluate("timer === null")
+                    seen["still_hidden"] = page.evaluate("() => timer === null")
                     # Shown again: it polls at once.
                     page.evaluate(
                         """() => {
@@ -166,8 +166,8 @@ async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
                           document.dispatchEvent(new Event("visibilitychange"));
                         }"""
                     )
-                    page.wait_for_function("timer !== null")
-                    seen["pwned"] = page.evaluate("window.pwned === undefined")
+                    page.wait_for_function("() => timer !== null")
+                    seen["pwned"] = page.evaluate("() => window.pwned === undefined")
                     seen["errors"] = errors
                 finally:
                     browser.close()

@@ -6,12 +6,16 @@ so every duration, wait and overrun is exact.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -23,6 +27,7 @@ from trio_background.prometheus import MULTIPROCESS_REFRESH, TaskMetrics, metric
 from trio_background.testing import open_client
 
 from .conftest import Receive, Scope, Send, send_text
+from .test_cli import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -278,3 +283,53 @@ async def test_multiprocess_mode_serves_every_workers_counts(
     # 3 tasks in the other process, 2 here.
     assert done[("trio_background_tasks_total", (("state", "completed"),))] == 5
     assert done[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == 5
+
+
+async def test_hypercorn_workers_add_up_through_the_directory(tmp_path: Path) -> None:
+    """Whole processes: plain Hypercorn, 2 trio workers, one scrape sees both."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--worker-class",
+            "trio",
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "5",
+            "--bind",
+            "127.0.0.1:0",
+            "tests.metrics_workers_app:app",
+        ],
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    server = Server(process)
+    try:
+        match = await server.wait_for(r"(?s)Running on (http://127\.0\.0\.1:\d+).*Running on")
+        url = match.group(1)
+        pids: set[str] = set()
+        posts = 0
+        with trio.fail_after(30):
+            # A new connection each time: the kernel hands them to either worker.
+            while len(pids) < 2:
+                async with httpx.AsyncClient(base_url=url) as client:
+                    pids.add((await client.post("/work")).text)
+                posts += 1
+            async with httpx.AsyncClient(base_url=url) as client:
+                # Every worker's task has ended once its counter says so.
+                while True:
+                    scraped = parse((await client.get("/metrics")).text)
+                    completed = scraped[("trio_background_tasks_total", (("state", "completed"),))]
+                    if completed == posts:
+                        break
+                    await trio.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await server.finish()
+    assert len(pids) == 2
+    assert (
+        scraped[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == posts
+    )
