@@ -22,7 +22,13 @@ import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_background import BackgroundTask, BackgroundTasksMiddleware, from_scope
+from trio_background import (
+    BackgroundTask,
+    BackgroundTasks,
+    BackgroundTasksMiddleware,
+    Supervisor,
+    from_scope,
+)
 from trio_background.prometheus import MULTIPROCESS_REFRESH, TaskMetrics, metrics_app
 from trio_background.testing import open_client
 
@@ -333,3 +339,30 @@ async def test_hypercorn_workers_add_up_through_the_directory(tmp_path: Path) ->
     assert (
         scraped[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == posts
     )
+
+
+def test_a_scrape_from_outside_trio_leaves_the_gauges_empty() -> None:
+    registry = CollectorRegistry()
+    supervisor = Supervisor()  # the metrics hold it weakly
+    TaskMetrics(registry=registry, supervisor=supervisor)
+    # As prometheus_client.start_http_server's thread would scrape it.
+    scraped = parse(generate_latest(registry).decode())
+    assert ("trio_background_batches_running", ()) not in scraped
+    assert scraped[("trio_background_tasks_total", (("state", "completed"),))] == 0
+
+
+async def test_the_gauges_add_up_every_supervisor_watched() -> None:
+    registry = CollectorRegistry()
+    first, second = Supervisor(), Supervisor()
+    metrics = TaskMetrics(registry=registry, supervisor=first)
+    metrics.watch(second)
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for supervisor in (first, second, second):
+            batch = BackgroundTasks()
+            batch.add_task(release.wait)
+            nursery.start_soon(supervisor.run, batch)
+        await trio.testing.wait_all_tasks_blocked()
+        scraped = parse(generate_latest(registry).decode())
+        release.set()
+    assert scraped[("trio_background_batches_running", ())] == 3
