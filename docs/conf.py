@@ -73,6 +73,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"fastapi\..*"),
     (r"py:.*", r"pytest\..*"),
     (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
+    (r"py:.*", r"(prometheus_client|opentelemetry)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)
     (r"py:class", r"P(\.args|\.kwargs)?"),
 ]

@@ -409,6 +409,32 @@ async def test_monitoring_ids_progress_and_the_monitor(
     assert missing.status_code == 404
 
 
+async def test_monitoring_metrics_served_beside_the_app(
+    load_snippet: Callable[[str], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import prometheus_client
+
+    import trio_background.prometheus
+
+    # The snippet registers on the global registry: give it a fresh one.
+    monkeypatch.setattr(
+        trio_background.prometheus, "REGISTRY", prometheus_client.CollectorRegistry()
+    )
+    monkeypatch.chdir(tmp_path)
+    snippet = load_snippet("metrics")
+    async with open_client(snippet.app) as client:
+        await client.post("/send-notification/ada@example.com")
+        await client.wait_idle()
+        scraped = await client.get("/metrics/")
+    assert scraped.status_code == 200
+    assert 'trio_background_tasks_total{state="completed"} 1.0' in scraped.text
+    assert "trio_background_batches_running 0.0" in scraped.text
+    assert (tmp_path / "log.txt").read_text() == "notification for ada@example.com\n"
+
+
 def test_monitoring_report_progress_outside_a_task_says_so() -> None:
     with pytest.raises(RuntimeError) as raised:
         trio_background.report_progress(1, 2)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import tracemalloc
+from typing import Any
 
 import pytest
 import trio
@@ -20,7 +24,7 @@ from trio_background import (
     supervisor_from_scope,
 )
 from trio_background.fastapi import BackgroundTasks as BackgroundTasksDependency
-from trio_background.testing import open_client
+from trio_background.testing import BackgroundClient, open_client
 
 
 def progress_app(steps: int = 4) -> FastAPI:
@@ -168,7 +172,7 @@ async def test_monitor_json_endpoints(autojump_clock: trio.testing.MockClock) ->
         assert (await client.get("/admin/tasks/nope")).status_code == 404
         page = await client.get("/admin/tasks/")
         assert page.headers["content-type"] == "text/html; charset=utf-8"
-        assert 'const TASKS_URL = "/admin/tasks/tasks";' in page.text
+        assert 'data-tasks-url="/admin/tasks/tasks"' in page.text
         await client.wait_idle()
         finished = (await client.get("/admin/tasks/tasks")).json()["finished"]
         assert [(t["id"], t["state"]) for t in finished] == [
@@ -218,3 +222,181 @@ async def test_endpoint_reaches_the_supervisor_from_its_scope(
         assert (await client.get(f"/status/{task_id}")).json() == {"state": "completed"}
     with pytest.raises(RuntimeError, match=r"^this request has no background tasks batch: "):
         supervisor_from_scope({"type": "http"})
+
+
+# Issue 15: a monitor that stays cheap at 20,000 tasks, and answers odd input briefly.
+
+ACTIVE = 20_000
+PER_REQUEST = 1_000
+
+
+def crowded_app(release: trio.Event) -> FastAPI:
+    """Every POST /many adds PER_REQUEST tasks that wait for ``release``."""
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    app.mount("/admin/tasks", monitor())
+
+    @app.post("/many")
+    async def many(background_tasks: BackgroundTasksDependency) -> None:
+        for _ in range(PER_REQUEST):
+            background_tasks.add_task(release.wait)
+
+    return app
+
+
+async def poll_peak_bytes(client: BackgroundClient, url: str) -> tuple[dict[str, Any], int]:
+    """The JSON of one poll and the peak of memory allocated while serving it."""
+    tracemalloc.start()
+    try:
+        response = await client.get(url)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200
+    return response.json(), peak
+
+
+async def test_a_poll_at_20000_tasks_builds_one_page(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    release = trio.Event()
+    async with open_client(crowded_app(release)) as client:
+        await client.post("/many")
+        await client.get("/admin/tasks/tasks")  # warm: first-request caches are not the poll's
+        small, small_peak = await poll_peak_bytes(client, "/admin/tasks/tasks")
+        for _ in range(ACTIVE // PER_REQUEST - 1):
+            await client.post("/many")
+        await trio.testing.wait_all_tasks_blocked()
+        crowded, crowded_peak = await poll_peak_bytes(client, "/admin/tasks/tasks")
+        assert client.supervisor.statistics().tasks_active == ACTIVE
+
+        # One page, of the default size, and exact counts.
+        assert crowded["limit"] == 100
+        assert crowded["active_count"] == ACTIVE
+        assert crowded["batches_running"] == ACTIVE // PER_REQUEST
+        assert len(crowded["active"]) == 100
+        assert [r["id"] for r in crowded["active"][:2]] == ["1.0", "1.1"]
+        assert crowded["active"][0]["state"] == "running"
+        assert crowded["next"] == crowded["active"][-1]["id"]
+        # Built only what it returned: a poll at 20,000 tasks takes the memory
+        # of a poll at 1,000, where building every record would take 20 times it.
+        assert len(small["active"]) == 100
+        assert crowded_peak < 2 * small_peak
+
+        # The pages, followed by their cursors, give every task once, in order.
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            query = "limit=1000" + ("" if after is None else f"&after={after}")
+            page = (await client.get(f"/admin/tasks/tasks?{query}")).json()
+            assert page["active_count"] == ACTIVE
+            seen.extend(r["id"] for r in page["active"])
+            after = page["next"]
+            if after is None:
+                break
+        assert len(seen) == ACTIVE
+        assert seen == [f"{b}.{i}" for b in range(1, 21) for i in range(PER_REQUEST)]
+        release.set()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/tasks/tasks/%C2%B2.0",  # "²" is a digit to str.isdigit(), not to int()
+        "/admin/tasks/tasks/" + "9" * 5000 + ".0",
+        "/admin/tasks/tasks/1." + "9" * 5000,
+        "/admin/tasks/tasks/1.0/extra",
+        "/admin/tasks/tasks/-1.0",
+        "/admin/tasks/tasks/1",
+        "/admin/tasks/tasks/%00",
+        "/admin/tasks/tasks/",
+    ],
+)
+async def test_odd_ids_are_a_short_404(path: str) -> None:
+    async with open_client(progress_app()) as client:
+        response = await client.get(path)
+    assert response.status_code == 404
+    assert response.json() == {"error": "no such task, or its record was dropped"}
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=0", "limit must be a whole number from 1 to 1000, got '0'"),
+        ("limit=1001", "limit must be a whole number from 1 to 1000, got '1001'"),
+        ("limit=abc", "limit must be a whole number from 1 to 1000, got 'abc'"),
+        ("limit=", "limit must be a whole number from 1 to 1000, got ''"),
+        ("limit=%C2%B2", "limit must be a whole number from 1 to 1000, got '²'"),
+        (
+            "limit=" + "9" * 5000,
+            "limit must be a whole number from 1 to 1000, got '" + "9" * 40 + "...'",
+        ),
+        (
+            "after=%C2%B2.0",
+            "after must be a task id such as 1.0 (the 'next' of the previous page), got '².0'",
+        ),
+        (
+            "after=1",
+            "after must be a task id such as 1.0 (the 'next' of the previous page), got '1'",
+        ),
+    ],
+)
+async def test_a_query_it_cannot_read_is_a_short_400(query: str, message: str) -> None:
+    async with open_client(progress_app()) as client:
+        response = await client.get(f"/admin/tasks/tasks?{query}")
+    assert response.status_code == 400
+    assert response.text == message
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_page_allows_only_its_own_script() -> None:
+    async with open_client(progress_app()) as client:
+        page = await client.get("/admin/tasks/")
+        data = await client.get("/admin/tasks/tasks")
+    policy = page.headers["content-security-policy"]
+    [script] = re.findall(r"<script>(.*?)</script>", page.text, re.DOTALL)
+    [style] = re.findall(r"<style>(.*?)</style>", page.text, re.DOTALL)
+
+    def digest(source: str) -> str:
+        return base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
+
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"] == f"'sha256-{digest(script)}'"
+    assert directives["style-src"] == f"'sha256-{digest(style)}'"
+    assert directives["connect-src"] == "'self'"
+    for response in (page, data):
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert data.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    # The page's data lives in attributes, escaped; the script reads them.
+    assert 'data-limit="100"' in page.text
+
+
+def test_page_limit_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"^page_limit must be an int from 1 to 1000, got 0$"):
+        monitor(page_limit=0)
+    assert monitor(page_limit=1000).page_limit == 1000
+
+
+async def test_handed_off_tasks_show_with_their_engine_id() -> None:
+    from .test_prometheus import MemoryBackend, send_newsletter
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware, backend=MemoryBackend())
+    app.mount("/admin/tasks", monitor())
+
+    @app.post("/newsletter")
+    async def newsletter(background_tasks: BackgroundTasksDependency) -> None:
+        background_tasks.add_task(send_newsletter)
+
+    async with open_client(app) as client:
+        await client.post("/newsletter")
+        await client.wait_idle()
+        data = (await client.get("/admin/tasks/tasks")).json()
+        one = (await client.get("/admin/tasks/tasks/1.0")).json()
+    assert data["counts"]["handed_off"] == 1
+    [record] = data["finished"]
+    assert (record["state"], record["engine_id"]) == ("handed_off", "job-0")
+    assert one == record

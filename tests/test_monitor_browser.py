@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -91,3 +92,96 @@ async def test_progress_bar_moves_and_task_completes() -> None:
     assert width == "66.7%"
     assert state == "completed"
     assert screenshot_size > 1000
+
+
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+
+
+async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
+    from playwright.sync_api import sync_playwright
+
+    release = trio.Event()
+
+    async def wait() -> None:
+        await release.wait()
+
+    wait.__qualname__ = HOSTILE
+    polls: list[str] = []
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    inner = monitor(poll_interval=0.1, page_limit=5)
+
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"].endswith("/tasks"):
+            polls.append(scope["query_string"].decode())
+        await inner(scope, receive, send)
+
+    app.mount("/admin/tasks", counted)
+
+    @app.post("/many")
+    async def many(background_tasks: BackgroundTasks) -> None:
+        for _ in range(12):
+            background_tasks.add_task(wait)
+
+    async with open_live_server(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.post("/many")).status_code == 200
+
+        def browse() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(20_000)
+                    errors: list[str] = []
+                    page.on("pageerror", lambda exc: errors.append(str(exc)))
+                    page.goto(f"{server.url}/admin/tasks/")
+                    page.wait_for_selector('[id="task-1.0"]')
+                    seen["shown"] = page.inner_text("#shown")
+                    seen["rows"] = page.eval_on_selector_all("#active tr", "rows => rows.length")
+                    seen["name"] = page.inner_text('[id="task-1.0"] td:nth-child(2)')
+                    seen["images"] = page.eval_on_selector_all("#active img", "e => e.length")
+                    # The next page follows the cursor.
+                    page.click("#next")
+                    page.wait_for_selector('[id="task-1.5"]')
+                    # Hide the tab: the page stops polling (no timer left).
+                    page.evaluate(
+                        """() => {
+                          Object.defineProperty(document, "visibilityState",
+                            {value: "hidden", configurable: true});
+                          document.dispatchEvent(new Event("visibilitychange"));
+                        }"""
+                    )
+                    page.wait_for_function("() => timer === null")
+                    seen["hidden_polls"] = trio.from_thread.run_sync(len, polls)
+                    seen["still_hidden"] = page.evaluate("() => timer === null")
+                    # Shown again: it polls at once.
+                    page.evaluate(
+                        """() => {
+                          Object.defineProperty(document, "visibilityState",
+                            {value: "visible", configurable: true});
+                          document.dispatchEvent(new Event("visibilitychange"));
+                        }"""
+                    )
+                    page.wait_for_function("() => timer !== null")
+                    seen["pwned"] = page.evaluate("() => window.pwned === undefined")
+                    seen["errors"] = errors
+                finally:
+                    browser.close()
+            return seen
+
+        seen = await trio.to_thread.run_sync(browse)
+        release.set()
+    assert seen["shown"] == "Showing 5 of 12."
+    assert seen["rows"] == 5
+    assert seen["name"] == HOSTILE
+    assert seen["images"] == 0
+    assert seen["pwned"] is True
+    assert seen["errors"] == []
+    assert seen["still_hidden"] is True
+    assert len(polls) > seen["hidden_polls"]
+    assert polls[0] == "limit=5"
+    assert "limit=5&after=1.4" in polls

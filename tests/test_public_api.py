@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import typing
+
+import pytest
 
 import trio_background
 import trio_background.fastapi
@@ -75,3 +79,27 @@ def test_report_fields() -> None:
     assert report.total == 0
     fields = set(trio_background.TaskRecord.__dataclass_fields__)
     assert {"name", "state", "error", "request", "started_at", "ended_at"} <= fields
+
+
+def test_observability_modules() -> None:
+    import trio_background.otel
+    import trio_background.prometheus
+
+    assert set(trio_background.prometheus.__all__) == {"MetricsApp", "TaskMetrics", "metrics_app"}
+    assert set(trio_background.otel.__all__) == {"TaskTracer"}
+
+
+@pytest.mark.parametrize(
+    ("module", "needs", "extra"),
+    [
+        ("trio_background.prometheus", "prometheus_client", "prometheus"),
+        ("trio_background.otel", "opentelemetry", "otel"),
+    ],
+)
+def test_a_missing_extra_names_its_install(
+    module: str, needs: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, needs, None)  # what a missing package looks like
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(ImportError, match=rf"pip install 'trio-background\[{extra}\]'$"):
+        importlib.import_module(module)

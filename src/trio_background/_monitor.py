@@ -5,8 +5,20 @@ task names, requests and errors, so protect it like any admin page. Routes,
 relative to where it is mounted:
 
 - ``GET /``: an HTML page with live progress bars (it polls the JSON).
-- ``GET /tasks``: the :class:`Snapshot` as JSON.
+- ``GET /tasks?limit=&after=``: one page of the unfinished tasks, the exact
+  counts, and the most recent finished tasks, as JSON.
 - ``GET /tasks/<id>``: one task's record as JSON, or 404.
+
+The one hard idea: a poll must cost the event loop the same with 20 tasks
+in flight as with 20,000. So ``/tasks`` asks the supervisor for one page
+(:meth:`Supervisor.active_page`, which builds only the records it returns)
+and for its counters (:meth:`Supervisor.statistics`), never for a snapshot
+of everything; and the page stops polling while its tab is hidden.
+
+Every answer is short and typed: an id or a query it cannot read is a 404
+or a 400 with one line saying why, never a 500. Every answer says
+``X-Content-Type-Options: nosniff``, and the page's Content-Security-Policy
+lets only its own script run, so a task name such as ``<script>`` stays text.
 
 Mounted inside an app that has :class:`BackgroundTasksMiddleware`, it finds
 the supervisor in the request's scope; elsewhere, pass the supervisor.
@@ -14,21 +26,40 @@ the supervisor in the request's scope; elsewhere, pass the supervisor.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
+import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from ._asgi import EXCHANGE_KEY
 from ._middleware import supervisor_from_scope
 
 if TYPE_CHECKING:
     from ._asgi import Receive, Scope, Send
+    from ._records import TaskRecord
     from ._supervisor import Supervisor
 
-__all__ = ["TaskMonitor", "monitor"]
+__all__ = ["DEFAULT_PAGE_LIMIT", "MAX_PAGE_LIMIT", "TaskMonitor", "monitor"]
+
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 1000
+
+# "<batch>.<index>" in ASCII digits, of a length an int() reads at once.
+# str.isdigit() also accepts "²" and friends, and int() refuses strings of
+# more than 4300 digits: both used to end in a 500.
+_TASK_ID = re.compile(r"[0-9]{1,18}\.[0-9]{1,18}", re.ASCII)
+_ECHO_LIMIT = 40
 
 
-def monitor(supervisor: Supervisor | None = None, *, poll_interval: float = 0.5) -> TaskMonitor:
+def monitor(
+    supervisor: Supervisor | None = None,
+    *,
+    poll_interval: float = 0.5,
+    page_limit: int = DEFAULT_PAGE_LIMIT,
+) -> TaskMonitor:
     """An ASGI app showing the tasks of ``supervisor`` (None: the request's).
 
     Example::
@@ -37,22 +68,109 @@ def monitor(supervisor: Supervisor | None = None, *, poll_interval: float = 0.5)
 
     Args:
         supervisor: The supervisor to show; None finds it in the request.
-        poll_interval: Seconds between the page's refreshes.
+        poll_interval: Seconds between the page's refreshes while its tab
+            is visible (it does not poll while the tab is hidden).
+        page_limit: How many unfinished tasks ``/tasks`` returns when the
+            query does not say (``?limit=``); at most 1000.
 
     Raises:
-        ValueError: ``poll_interval`` is not positive.
+        ValueError: ``poll_interval`` is not positive, or ``page_limit`` is
+            not an int from 1 to 1000.
     """
-    return TaskMonitor(supervisor, poll_interval=poll_interval)
+    return TaskMonitor(supervisor, poll_interval=poll_interval, page_limit=page_limit)
+
+
+class _BadQuery(Exception):
+    """A query parameter the monitor cannot use; the message is the 400 body."""
+
+
+def _echo(value: str) -> str:
+    shown = value if len(value) <= _ECHO_LIMIT else value[:_ECHO_LIMIT] + "..."
+    return repr(shown)
+
+
+def _page_limit(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE_LIMIT:
+        raise ValueError(f"page_limit must be an int from 1 to {MAX_PAGE_LIMIT}, got {value!r}")
+    return value
+
+
+def _parse_query(query_string: bytes, default_limit: int) -> tuple[int, str | None]:
+    """``(limit, after)`` from ``?limit=&after=``; other parameters are ignored."""
+    limit = default_limit
+    after: str | None = None
+    try:
+        pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    except ValueError:  # pragma: no cover - parse_qsl only raises with strict_parsing
+        raise _BadQuery("the query string cannot be read") from None
+    for key, value in pairs:
+        if key == "limit":
+            if not (value.isascii() and value.isdigit() and len(value) <= 4):
+                raise _BadQuery(
+                    f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}, got {_echo(value)}"
+                )
+            limit = int(value)
+            if not 1 <= limit <= MAX_PAGE_LIMIT:
+                raise _BadQuery(
+                    f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}, got {_echo(value)}"
+                )
+        elif key == "after":
+            if _TASK_ID.fullmatch(value) is None:
+                raise _BadQuery(
+                    f"after must be a task id such as 1.0 (the 'next' of the previous "
+                    f"page), got {_echo(value)}"
+                )
+            after = value
+    return limit, after
+
+
+def _recent_finished(supervisor: Supervisor, limit: int) -> list[TaskRecord]:
+    """The ``limit`` most recent kept records of finished tasks."""
+    report = supervisor.report()
+    kept = [record for state in report.counts for record in report.records(state)]
+    kept.sort(key=lambda r: (r.batch, r.index))
+    return kept[-limit:]
+
+
+def tasks_page(supervisor: Supervisor, *, limit: int, after: str | None) -> dict[str, Any]:
+    """What ``GET /tasks`` answers: one page of unfinished tasks and the counts.
+
+    Builds at most ``limit`` live records, whatever the number of tasks in
+    flight; ``active_count`` and ``counts`` are exact.
+    """
+    statistics = supervisor.statistics()
+    active, cursor = supervisor.active_page(after=after, limit=limit)
+    deadline_in = supervisor.time_until_deadline() if statistics.shutting_down else None
+    return {
+        "shutting_down": statistics.shutting_down,
+        "deadline_in": deadline_in,
+        "counts": dict(statistics.counts),
+        "batches_running": statistics.batches_running,
+        "threads_busy": statistics.threads_busy,
+        "active_count": statistics.tasks_active,
+        "limit": limit,
+        "after": after,
+        "next": cursor,
+        "active": [record.to_dict() for record in active],
+        "finished": [record.to_dict() for record in _recent_finished(supervisor, limit)],
+    }
 
 
 class TaskMonitor:
     """The monitor app; make one with :func:`monitor`."""
 
-    def __init__(self, supervisor: Supervisor | None = None, *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor | None = None,
+        *,
+        poll_interval: float = 0.5,
+        page_limit: int = DEFAULT_PAGE_LIMIT,
+    ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         self.supervisor = supervisor
         self.poll_interval = poll_interval
+        self.page_limit = _page_limit(page_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,37 +181,49 @@ class TaskMonitor:
         supervisor = self.supervisor
         if supervisor is None:
             if EXCHANGE_KEY not in scope:
-                await _respond(
+                await _respond_text(
                     send,
                     500,
-                    "text/plain",
                     "the task monitor found no supervisor: mount it inside an app that has "
                     "BackgroundTasksMiddleware, or pass one: monitor(supervisor=...)",
                 )
                 return
             supervisor = supervisor_from_scope(scope)
         if scope["method"] not in ("GET", "HEAD"):
-            await _respond(send, 405, "text/plain", "the task monitor is read-only: use GET")
+            await _respond_text(send, 405, "the task monitor is read-only: use GET")
             return
         path = _route_path(scope)
-        root = scope.get("root_path", "")
         if path in ("", "/"):
-            await _respond(send, 200, "text/html; charset=utf-8", self._page(root))
+            page = self._page(scope.get("root_path", ""))
+            await _respond(send, 200, "text/html; charset=utf-8", page.encode(), _PAGE_CSP)
         elif path == "/tasks":
-            await _respond_json(send, 200, supervisor.snapshot().to_dict())
+            try:
+                limit, after = _parse_query(scope.get("query_string", b""), self.page_limit)
+            except _BadQuery as exc:
+                await _respond_text(send, 400, str(exc))
+                return
+            await _respond_json(send, 200, tasks_page(supervisor, limit=limit, after=after))
         elif path.startswith("/tasks/"):
-            record = supervisor.task(path.removeprefix("/tasks/"))
+            task_id = path.removeprefix("/tasks/")
+            record = supervisor.task(task_id) if _TASK_ID.fullmatch(task_id) else None
             if record is None:
                 await _respond_json(send, 404, {"error": "no such task, or its record was dropped"})
             else:
                 await _respond_json(send, 200, record.to_dict())
         else:
-            await _respond(send, 404, "text/plain", "not found")
+            await _respond_text(send, 404, "not found")
 
     def _page(self, root: str) -> str:
-        url = html.escape(json.dumps(f"{root}/tasks"), quote=False)
-        interval = int(self.poll_interval * 1000)
-        return _PAGE.replace("__TASKS_URL__", url).replace("__INTERVAL__", str(interval))
+        # Data goes in attributes, which the script reads: the script itself
+        # never changes, so one hash in the CSP names it.
+        url = html.escape(f"{root}/tasks", quote=True)
+        interval = max(1, int(self.poll_interval * 1000))
+        # The URL goes in last, so a mount path cannot hold a placeholder.
+        return (
+            _PAGE.replace("__INTERVAL__", str(interval))
+            .replace("__LIMIT__", str(self.page_limit))
+            .replace("__TASKS_URL__", url)
+        )
 
 
 def _route_path(scope: Scope) -> str:
@@ -104,8 +234,10 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-async def _respond(send: Send, status: int, content_type: str, body: str) -> None:
-    data = body.encode()
+_JSON_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
+async def _respond(send: Send, status: int, content_type: str, data: bytes, csp: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -114,47 +246,51 @@ async def _respond(send: Send, status: int, content_type: str, body: str) -> Non
                 (b"content-type", content_type.encode()),
                 (b"content-length", str(len(data)).encode()),
                 (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+                (b"content-security-policy", csp),
+                (b"referrer-policy", b"no-referrer"),
             ],
         }
     )
     await send({"type": "http.response.body", "body": data})
 
 
+async def _respond_text(send: Send, status: int, body: str) -> None:
+    await _respond(send, status, "text/plain; charset=utf-8", body.encode(), _JSON_CSP)
+
+
 async def _respond_json(send: Send, status: int, data: Any) -> None:
-    await _respond(send, status, "application/json", json.dumps(data))
+    await _respond(send, status, "application/json", json.dumps(data).encode(), _JSON_CSP)
 
 
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Background tasks</title>
-<style>
+_STYLE = """
   body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; }
   h1 { font-size: 1.3em; }
-  table { border-collapse: collapse; width: 100%; margin-bottom: 2em; }
+  table { border-collapse: collapse; width: 100%; margin-bottom: 1em; }
   th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #ddd; }
   .bar { width: 200px; height: 12px; background: #eee; border-radius: 6px; overflow: hidden; }
   .bar > div { height: 100%; background: #3a7; }
   .state-failed, .state-cancelled, .state-abandoned { color: #b22; }
   .state-skipped { color: #a70; }
   .state-completed { color: #272; }
+  .state-handed_off { color: #247; }
   #shutdown { display: none; padding: 8px; background: #fde; border: 1px solid #b22; }
-  #counts { color: #555; }
-</style>
-</head>
-<body>
-<h1>Background tasks</h1>
-<p id="counts"></p>
-<p id="shutdown"></p>
-<h2>Running and pending</h2>
-<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
-<th>progress</th><th>message</th></tr></thead><tbody id="active"></tbody></table>
-<h2>Recently finished</h2>
-<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
-<th>progress</th><th>error or reason</th></tr></thead><tbody id="finished"></tbody></table>
-<script>
-const TASKS_URL = __TASKS_URL__;
+  #counts, #shown { color: #555; }
+  nav { margin-bottom: 2em; }
+"""
+
+_SCRIPT = """
+"use strict";
+const config = document.body.dataset;
+const TASKS_URL = config.tasksUrl;
+const INTERVAL = Number(config.interval);
+const LIMIT = Number(config.limit);
+const MAX_DELAY = 30000;
+let after = null;  // the cursor of the page shown; null: the first page
+let pages = [];    // the cursors before it, for "previous"
+let next = null;
+let delay = INTERVAL;
+let timer = null;
 function cell(text) {
   const td = document.createElement("td"); td.textContent = text ?? ""; return td;
 }
@@ -179,27 +315,110 @@ function row(r, last) {
   tr.append(bar(r.progress), cell(last(r)));
   return tr;
 }
-async function refresh() {
-  try {
-    const response = await fetch(TASKS_URL, {cache: "no-store"});
-    const data = await response.json();
-    const c = data.counts;
-    document.getElementById("counts").textContent =
-      Object.keys(c).map(k => c[k] + " " + k).join(", ");
-    const banner = document.getElementById("shutdown");
-    if (data.shutting_down) {
-      banner.style.display = "block";
-      banner.textContent = "Shutting down: deadline in " + data.deadline_in.toFixed(1) +
-        " s; it will cut " + data.active.length + " unfinished task(s).";
-    } else { banner.style.display = "none"; }
-    document.getElementById("active").replaceChildren(
-      ...data.active.map(r => row(r, r => r.progress && r.progress.message)));
-    document.getElementById("finished").replaceChildren(
-      ...data.finished.slice().reverse().map(r => row(r, r => r.error || r.reason)));
-  } catch (e) { /* the server may be restarting: try again */ }
+function finishedNote(r) {
+  if (r.state === "handed_off") return "engine id " + (r.engine_id ?? "?");
+  return r.error || r.reason;
 }
-refresh(); setInterval(refresh, __INTERVAL__);
-</script>
+function show(data) {
+  const c = data.counts;
+  document.getElementById("counts").textContent =
+    data.active_count + " running or pending; finished: " +
+    Object.keys(c).map(k => c[k] + " " + k).join(", ");
+  const banner = document.getElementById("shutdown");
+  if (data.shutting_down) {
+    banner.style.display = "block";
+    banner.textContent = "Shutting down: deadline in " + data.deadline_in.toFixed(1) +
+      " s; it will cut " + data.active_count + " unfinished task(s).";
+  } else { banner.style.display = "none"; }
+  document.getElementById("active").replaceChildren(
+    ...data.active.map(r => row(r, r => r.progress && r.progress.message)));
+  document.getElementById("shown").textContent =
+    "Showing " + data.active.length + " of " + data.active_count + ".";
+  next = data.next;
+  document.getElementById("next").disabled = next === null;
+  document.getElementById("previous").disabled = pages.length === 0;
+  document.getElementById("finished").replaceChildren(
+    ...data.finished.slice().reverse().map(r => row(r, finishedNote)));
+}
+function schedule(ms) {
+  clearTimeout(timer);
+  timer = null;
+  // A hidden tab does not poll at all; it polls at once when shown again.
+  if (document.visibilityState === "hidden") return;
+  timer = setTimeout(refresh, ms);
+}
+async function refresh() {
+  const query = new URLSearchParams({limit: String(LIMIT)});
+  if (after !== null) query.set("after", after);
+  try {
+    const response = await fetch(TASKS_URL + "?" + query, {cache: "no-store"});
+    if (!response.ok) throw new Error(String(response.status));
+    show(await response.json());
+    delay = INTERVAL;
+  } catch (e) {
+    // The server may be restarting: try again, less and less often.
+    delay = Math.min(MAX_DELAY, delay * 2);
+  }
+  schedule(delay);
+}
+document.getElementById("next").addEventListener("click", () => {
+  if (next === null) return;
+  pages.push(after); after = next; refresh();
+});
+document.getElementById("previous").addEventListener("click", () => {
+  if (pages.length === 0) return;
+  after = pages.pop(); refresh();
+});
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") { delay = INTERVAL; refresh(); }
+  else schedule(0);
+});
+refresh();
+"""
+
+
+def _csp_hash(source: str) -> str:
+    digest = hashlib.sha256(source.encode()).digest()
+    return "'sha256-" + base64.b64encode(digest).decode() + "'"
+
+
+_PAGE_CSP = (
+    "default-src 'none'; "
+    f"script-src {_csp_hash(_SCRIPT)}; "
+    f"style-src {_csp_hash(_STYLE)}; "
+    "connect-src 'self'; "
+    "img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+).encode()
+
+_PAGE = (
+    """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Background tasks</title>
+<style>"""
+    + _STYLE
+    + """</style>
+</head>
+<body data-tasks-url="__TASKS_URL__" data-interval="__INTERVAL__" data-limit="__LIMIT__">
+<h1>Background tasks</h1>
+<p id="counts"></p>
+<p id="shutdown"></p>
+<h2>Running and pending</h2>
+<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
+<th>progress</th><th>message</th></tr></thead><tbody id="active"></tbody></table>
+<nav><span id="shown"></span>
+<button id="previous" type="button" disabled>Previous page</button>
+<button id="next" type="button" disabled>Next page</button></nav>
+<h2>Recently finished</h2>
+<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
+<th>progress</th><th>error, reason or engine id</th></tr></thead><tbody id="finished"></tbody>
+</table>
+<script>"""
+    + _SCRIPT
+    + """</script>
 </body>
 </html>
 """
+)

@@ -1,0 +1,368 @@
+"""Issue 15: Prometheus metrics, read back with prometheus_client's parser.
+
+A scripted mix of tasks runs through the real middleware under a MockClock,
+so every duration, wait and overrun is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_background import (
+    BackgroundTask,
+    BackgroundTasks,
+    BackgroundTasksMiddleware,
+    Supervisor,
+    from_scope,
+)
+from trio_background.prometheus import MULTIPROCESS_REFRESH, TaskMetrics, metrics_app
+from trio_background.testing import open_client
+
+from .conftest import Receive, Scope, Send, send_text
+from .test_cli import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+class MemoryBackend:
+    """A durable backend that stores in a list: enough for ``handed_off``."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def is_durable(self, func: object) -> bool:
+        return getattr(func, "__name__", "") == "send_newsletter"
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def hand_off(self, tasks: Sequence[BackgroundTask]) -> list[str]:
+        ids = [f"job-{len(self.stored) + i}" for i in range(len(tasks))]
+        self.stored.extend(ids)
+        return ids
+
+
+class Mix:
+    """One route per kind of ending."""
+
+    def __init__(self) -> None:
+        self.release_thread = threading.Event()
+        self.thread_started = trio.Event()
+        self.thread_exited = threading.Event()
+
+    async def quick(self) -> None:
+        await trio.sleep(2)
+
+    async def boom(self) -> None:
+        raise ValueError("nope")
+
+    async def hang(self) -> None:
+        await trio.sleep(3600)
+
+    def block(self) -> None:
+        try:
+            trio.from_thread.run_sync(self.thread_started.set)
+            self.release_thread.wait()
+        finally:
+            self.thread_exited.set()
+
+    async def stubborn(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(60)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        batch = from_scope(scope)
+        route = scope["path"]
+        if route == "/ok":
+            batch.add_task(self.quick)
+            batch.add_task(self.quick)
+        elif route == "/fail":
+            batch.add_task(self.boom)
+        elif route == "/durable":
+            batch.add_task(send_newsletter)
+        elif route == "/long":
+            batch.add_task(self.hang)
+            batch.add_task(self.quick)
+        elif route == "/stubborn":
+            batch.add_task(self.stubborn)
+        elif route == "/thread":
+            batch.add_task(self.block)
+        await send_text(send, "ok")
+
+
+def send_newsletter() -> None:
+    raise AssertionError("handed off, never run here")
+
+
+async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClock) -> None:
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(registry=registry)
+    mix = Mix()
+    middleware = BackgroundTasksMiddleware(
+        mix, drain_timeout=5, observers=[metrics], backend=MemoryBackend()
+    )
+    served = metrics_app(registry)
+
+    async with open_client(middleware) as client:
+        for route in ("/ok", "/fail", "/durable", "/long", "/stubborn"):
+            assert (await client.post(route)).text == "ok"
+        await trio.sleep(4.5)  # /ok's two tasks are done
+        assert (await client.post("/thread")).text == "ok"
+        await mix.thread_started.wait()
+        # The gauges are read when scraped.
+        async with open_client(served) as scraper:
+            scrape = await scraper.get("/")
+        assert scrape.headers["content-type"].startswith("text/plain; version=")
+        live = parse(scrape.text)
+        assert live[("trio_background_batches_running", ())] == 3  # long, stubborn, thread
+        assert live[("trio_background_threads_busy", ())] == 1
+        assert live[("trio_background_tasks_total", (("state", "failed"),))] == 1
+        assert live[("trio_background_tasks_total", (("state", "handed_off"),))] == 1
+        assert live[("trio_background_tasks_total", (("state", "completed"),))] == 2
+
+        client.supervisor.begin_shutdown()  # at 4.5: the deadline is 9.5
+        # Virtual time stands still while a task's thread runs: move it.
+        autojump_clock.jump(5)
+        await trio.testing.wait_all_tasks_blocked()
+        abandoned = client.supervisor.task("6.0")
+        assert abandoned is not None
+        assert abandoned.state.value == "abandoned"
+        mix.release_thread.set()
+        report = await client.shutdown()
+    assert report.counts == {
+        "completed": 3,
+        "failed": 1,
+        "cancelled": 1,
+        "skipped": 1,
+        "abandoned": 1,
+        "handed_off": 1,
+    }
+
+    # The abandoned thread holds its limiter token until it really ends.
+    await trio.to_thread.run_sync(mix.thread_exited.wait)
+    await trio.testing.wait_all_tasks_blocked()
+    after = parse(generate_latest(registry).decode())
+    for state, count in report.counts.items():
+        assert after[("trio_background_tasks_total", (("state", state),))] == count
+
+    def histogram(name: str, state: str | None = None) -> tuple[float, float]:
+        labels = () if state is None else (("state", state),)
+        return after[(f"{name}_count", labels)], after[(f"{name}_sum", labels)]
+
+    duration = "trio_background_task_duration_seconds"
+    assert histogram(duration, "completed") == (3, 2 + 2 + 60)
+    assert histogram(duration, "failed") == (1, 0)
+    assert histogram(duration, "cancelled") == (1, 9.5)  # /long's, cut at the deadline
+    assert histogram(duration, "abandoned") == (1, 5)  # from 4.5 to the deadline
+    # Skipped and handed-off tasks never started: no duration.
+    assert (f"{duration}_count", (("state", "skipped"),)) not in after
+    assert (f"{duration}_count", (("state", "handed_off"),)) not in after
+    # The second quick task waited 2 s for the first; the others not at all.
+    assert histogram("trio_background_task_wait_seconds") == (6, 2)
+    # The shielded task ended at 60, 50.5 s after the deadline.
+    assert histogram("trio_background_shutdown_overrun_seconds") == (1, 50.5)
+    assert after[("trio_background_batches_running", ())] == 0
+    assert after[("trio_background_threads_busy", ())] == 0
+
+
+def test_two_metrics_on_one_registry_say_what_to_do() -> None:
+    registry = CollectorRegistry()
+    TaskMetrics(registry=registry)
+    with pytest.raises(
+        ValueError,
+        match=r"^trio_background's metrics are already registered on this registry: make one "
+        r"TaskMetrics per registry and pass the same one to every middleware, or give this "
+        r"one its own: TaskMetrics\(registry=CollectorRegistry\(\)\)$",
+    ):
+        TaskMetrics(registry=registry)
+
+
+async def test_metrics_app_is_read_only_and_http_only() -> None:
+    served = metrics_app(CollectorRegistry())
+    async with open_client(served) as client:
+        assert (await client.post("/")).status_code == 405
+        response = await client.get("/", headers={"accept": "application/openmetrics-text"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.text.endswith("# EOF\n")
+
+    async def receive() -> dict[str, object]:
+        raise AssertionError
+
+    async def send(message: object) -> None:
+        raise AssertionError
+
+    with pytest.raises(RuntimeError, match=r"^the metrics app serves HTTP only, got a 'websocket'"):
+        await served({"type": "websocket"}, receive, send)
+
+
+# Multiprocess mode: what another worker process wrote is served with ours.
+WORKER = textwrap.dedent(
+    """
+    import trio
+    from prometheus_client import CollectorRegistry
+    from trio_background import BackgroundTasksMiddleware, from_scope
+    from trio_background.prometheus import TaskMetrics
+    from trio_background.testing import open_client
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        from_scope(scope).add_task(trio.sleep, 0)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main():
+        metrics = TaskMetrics(registry=CollectorRegistry())
+        async with open_client(BackgroundTasksMiddleware(app, observers=[metrics])) as client:
+            for _ in range(3):
+                await client.get("/")
+
+    trio.run(main)
+    """
+)
+
+
+async def test_multiprocess_mode_serves_every_workers_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # prometheus_client picks file-backed values at import, from the variable:
+    # this process imported it before the test set it.
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    worker = await trio.run_process(
+        [sys.executable, "-c", WORKER], cwd=ROOT, capture_stderr=True, check=False
+    )
+    assert worker.returncode == 0, worker.stderr.decode()
+
+    metrics = TaskMetrics(registry=CollectorRegistry())
+    release = trio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        from_scope(scope).add_task(release.wait)
+        await send_text(send, "ok")
+
+    async with open_client(BackgroundTasksMiddleware(app, observers=[metrics])) as client:
+        await client.get("/")
+        await client.get("/")
+        # Each worker writes its gauges every MULTIPROCESS_REFRESH seconds.
+        await trio.sleep(2 * MULTIPROCESS_REFRESH)
+        async with open_client(metrics_app()) as scraper:
+            live = parse((await scraper.get("/")).text)
+        # The other worker's run has ended: it wrote 0 on its way out.
+        assert live[("trio_background_batches_running", ())] == 2
+        release.set()
+        await client.wait_idle()
+        async with open_client(metrics_app()) as scraper:
+            done = parse((await scraper.get("/")).text)
+    # 3 tasks in the other process, 2 here.
+    assert done[("trio_background_tasks_total", (("state", "completed"),))] == 5
+    assert done[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == 5
+
+
+async def test_hypercorn_workers_add_up_through_the_directory(tmp_path: Path) -> None:
+    """Whole processes: plain Hypercorn, 2 trio workers, one scrape sees both."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--worker-class",
+            "trio",
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "5",
+            "--bind",
+            "127.0.0.1:0",
+            "tests.metrics_workers_app:app",
+        ],
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    server = Server(process)
+    try:
+        match = await server.wait_for(r"(?s)Running on (http://127\.0\.0\.1:\d+).*Running on")
+        url = match.group(1)
+        pids: set[str] = set()
+        posts = 0
+        with trio.fail_after(30):
+            # A new connection each time: the kernel hands them to either worker.
+            while len(pids) < 2:
+                async with httpx.AsyncClient(base_url=url) as client:
+                    pids.add((await client.post("/work")).text)
+                posts += 1
+            async with httpx.AsyncClient(base_url=url) as client:
+                # Every worker's task has ended once its counter says so.
+                while True:
+                    scraped = parse((await client.get("/metrics")).text)
+                    completed = scraped[("trio_background_tasks_total", (("state", "completed"),))]
+                    if completed == posts:
+                        break
+                    await trio.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await server.finish()
+    assert len(pids) == 2
+    assert (
+        scraped[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == posts
+    )
+
+
+def test_a_scrape_from_outside_trio_leaves_the_gauges_empty() -> None:
+    registry = CollectorRegistry()
+    supervisor = Supervisor()  # the metrics hold it weakly
+    TaskMetrics(registry=registry, supervisor=supervisor)
+    # As prometheus_client.start_http_server's thread would scrape it.
+    scraped = parse(generate_latest(registry).decode())
+    assert ("trio_background_batches_running", ()) not in scraped
+    assert scraped[("trio_background_tasks_total", (("state", "completed"),))] == 0
+
+
+async def test_the_gauges_add_up_every_supervisor_watched() -> None:
+    registry = CollectorRegistry()
+    first, second = Supervisor(), Supervisor()
+    metrics = TaskMetrics(registry=registry, supervisor=first)
+    metrics.watch(second)
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for supervisor in (first, second, second):
+            batch = BackgroundTasks()
+            batch.add_task(release.wait)
+            nursery.start_soon(supervisor.run, batch)
+        await trio.testing.wait_all_tasks_blocked()
+        scraped = parse(generate_latest(registry).decode())
+        release.set()
+    assert scraped[("trio_background_batches_running", ())] == 3
