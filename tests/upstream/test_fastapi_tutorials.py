@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+import trio
 from fastapi import Depends, FastAPI
 
 from trio_background import BackgroundTasksMiddleware
@@ -68,7 +69,7 @@ def tutorial002(annotated: bool) -> FastAPI:
         async def send_notification_default(
             email: str,
             background_tasks: BackgroundTasks,
-            q: str = Depends(get_query),  # noqa: B008 - the tutorial's spelling
+            q: str = Depends(get_query),
         ) -> dict[str, str]:
             background_tasks.add_task(write_log, f"message to {email}\n")
             return {"message": "Message sent"}
@@ -87,7 +88,8 @@ async def test_tutorial001(serve: ServeApp) -> None:
         assert response.status_code == 200, response.text
         assert response.json() == {"message": "Notification sent in the background"}
         await served.wait_idle()
-        assert "notification for foo@example.com: some notification" in Path("log.txt").read_text()
+        log = await trio.Path("log.txt").read_text()
+        assert "notification for foo@example.com: some notification" in log
 
 
 @pytest.mark.parametrize("annotated", [False, True], ids=["tutorial002", "tutorial002_an"])
@@ -97,4 +99,5 @@ async def test_tutorial002(serve: ServeApp, annotated: bool) -> None:
         assert response.status_code == 200, response.text
         assert response.json() == {"message": "Message sent"}
         await served.wait_idle()
-        assert "found query: some-query\nmessage to foo@example.com" in Path("log.txt").read_text()
+        log = await trio.Path("log.txt").read_text()
+        assert "found query: some-query\nmessage to foo@example.com" in log
