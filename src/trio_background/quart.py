@@ -189,7 +189,7 @@ def _discard_when_the_view_raises(app: QuartTrio) -> None:
         if quart.has_request_context():
             batch = _request_batch()
             if batch is not None:
-                batch.discard(f"the view raised {type(error).__qualname__}")
+                batch._discard(f"the view raised {type(error).__qualname__}")  # pyright: ignore[reportPrivateUsage]
         return await handle(error)
 
     app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]
