@@ -152,6 +152,15 @@ async def test_background_tasks_outside_a_request() -> None:
             background_tasks()
 
 
+async def test_quarts_own_test_client_runs_the_tasks() -> None:
+    app, seen = make_app()
+    async with app.test_app():
+        response = await app.test_client().get("/hello", query_string={"who": "ada"})
+        assert await response.get_data(as_text=True) == "hello"
+        # Its request returns once the whole app call, batch included, has.
+        assert len(seen) == 3
+
+
 async def test_background_tasks_without_the_extension() -> None:
     app = QuartTrio(__name__)
     errors: list[str] = []

@@ -35,7 +35,7 @@ included) loses its batch: its tasks end ``skipped``, with the reason.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     import quart
@@ -50,11 +50,12 @@ from ._middleware import BackgroundTasksMiddleware, from_scope
 from ._observe import TaskObserver
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Generator
     from contextlib import AbstractContextManager
 
     from quart.ctx import AppContext, RequestContext
 
+    from ._asgi import ASGIApp, Scope
     from ._records import TaskRecord
     from ._supervisor import Supervisor
     from ._tasks import BackgroundTask, BackgroundTasks
@@ -83,7 +84,7 @@ class _QuartContexts(TaskObserver):
             return
         self._contexts[id(task)] = (
             None if app_context is None else app_context.copy(),
-            None if request_context is None else request_context.copy(),
+            None if request_context is None else cast("RequestContext", request_context.copy()),
         )
 
     def task_running(self, task: BackgroundTask) -> AbstractContextManager[None] | None:
@@ -99,7 +100,7 @@ class _QuartContexts(TaskObserver):
 @contextmanager
 def _contexts_set(
     app_context: AppContext | None, request_context: RequestContext | None
-) -> Iterator[None]:
+) -> Generator[None, None, None]:
     app_token = None if app_context is None else _cv_app.set(app_context)
     request_token = None if request_context is None else _cv_request.set(request_context)
     try:
@@ -159,8 +160,10 @@ class BackgroundTasksExtension:
             )
         options = dict(self.options)
         observers = [self._observer, *options.pop("observers", ())]
-        middleware = BackgroundTasksMiddleware(app.asgi_app, observers=observers, **options)
-        app.asgi_app = middleware  # type: ignore[method-assign]
+        middleware = BackgroundTasksMiddleware(
+            cast("ASGIApp", app.asgi_app), observers=observers, **options
+        )
+        app.asgi_app = middleware  # type: ignore[assignment, method-assign]  # pyright: ignore[reportAttributeAccessIssue]
         _discard_when_the_view_raises(app)
         app.extensions[EXTENSION_KEY] = self
         self.middleware = middleware
@@ -187,7 +190,7 @@ def _discard_when_the_view_raises(app: QuartTrio) -> None:
 
     async def handle_user_exception(error: Any) -> Any:
         if quart.has_request_context():
-            batch = _request_batch()
+            batch: BackgroundTasks | None = _scope().get(_BATCH_KEY)
             if batch is not None:
                 batch._discard(f"the view raised {type(error).__qualname__}")  # pyright: ignore[reportPrivateUsage]
         return await handle(error)
@@ -195,11 +198,14 @@ def _discard_when_the_view_raises(app: QuartTrio) -> None:
     app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]
 
 
-def _request_batch() -> BackgroundTasks | None:
-    try:
-        return from_scope(quart.request.scope)
-    except RuntimeError:
-        return None
+def _scope() -> Scope:
+    # Quart types its scopes as TypedDicts; they are the server's dicts.
+    return cast("Scope", quart.request.scope)
+
+
+# The batch background_tasks() gave this request, kept in its scope for the
+# handler above.
+_BATCH_KEY = "trio_background.quart.batch"
 
 
 def background_tasks() -> BackgroundTasks:
@@ -219,10 +225,15 @@ def background_tasks() -> BackgroundTasks:
             "request function), where the request's batch is; outside one, for work that "
             "belongs to no request, use app.add_background_task(func)"
         )
-    batch = _request_batch()
+    scope = _scope()
+    batch: BackgroundTasks | None = scope.get(_BATCH_KEY)
     if batch is None:
-        raise RuntimeError(
-            "this request has no background tasks batch: the app has no "
-            "BackgroundTasksExtension; install it with BackgroundTasksExtension(app)"
-        )
+        try:
+            batch = from_scope(scope)
+        except RuntimeError:
+            raise RuntimeError(
+                "this request has no background tasks batch: the app has no "
+                "BackgroundTasksExtension; install it with BackgroundTasksExtension(app)"
+            ) from None
+        scope[_BATCH_KEY] = batch
     return batch

@@ -68,6 +68,8 @@ async def test_served_by_the_cli(tmp_path: Path) -> None:
         "--report-json",
         str(report_path),
     ]
+    # The example's package first, then whatever the test run had.
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     running = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -76,7 +78,7 @@ async def test_served_by_the_cli(tmp_path: Path) -> None:
                     trio.run_process,
                     command,
                     cwd=tmp_path,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                    env={**os.environ, "PYTHONPATH": python_path},
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
