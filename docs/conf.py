@@ -72,7 +72,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"starlette\..*"),
     (r"py:.*", r"fastapi\..*"),
     (r"py:.*", r"pytest\..*"),
-    (r"py:.*", r"(typing|collections\.abc)\..*"),
+    (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)
     (r"py:class", r"P(\.args|\.kwargs)?"),
 ]
