@@ -74,3 +74,9 @@ def test_report_fields() -> None:
     assert report.total == 0
     fields = set(trio_background.TaskRecord.__dataclass_fields__)
     assert {"name", "state", "error", "request", "started_at", "ended_at"} <= fields
+
+
+def test_quart_names() -> None:
+    import trio_background.quart
+
+    assert set(trio_background.quart.__all__) == {"BackgroundTasksExtension", "background_tasks"}
