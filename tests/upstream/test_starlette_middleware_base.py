@@ -256,3 +256,41 @@ async def test_multiple_middlewares_stacked_client_disconnected(serve: ServeApp)
     assert response.status_code == 200
     assert response.headers["content-length"] == "0"
     assert response.content == b""
+
+
+# Not upstream: where the task runs relative to that middleware's exit. In
+# Starlette the response's task runs inside the response call, so before the
+# middleware's finally; here the batch runs once the app call has returned.
+async def test_the_task_runs_after_the_middlewares_have_returned(serve: ServeApp) -> None:
+    events: list[str] = []
+
+    class ContextManagerMiddleware:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope["type"] == "http":
+                    events.append("middleware exited")
+
+    async def task() -> None:
+        events.append("task ran")
+
+    async def simple_endpoint(_: Request) -> PlainTextResponse:
+        return PlainTextResponse(background=BackgroundTask(task))
+
+    app = Starlette(
+        middleware=[
+            Middleware(BackgroundTasksMiddleware),
+            Middleware(BaseHTTPMiddleware, dispatch=passthrough),
+            Middleware(ContextManagerMiddleware),
+        ],
+        routes=[Route("/", simple_endpoint)],
+    )
+
+    async with serve(app) as served:
+        await served.client.get("/")
+        await served.wait_idle()
+    assert events == ["middleware exited", "task ran"]
