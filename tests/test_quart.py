@@ -125,13 +125,23 @@ async def test_a_view_that_raises_loses_its_batch(status: int | None) -> None:
 
 async def test_application_factory() -> None:
     extension = BackgroundTasksExtension(mode="cancel")
-    with pytest.raises(RuntimeError, match=r"^this BackgroundTasksExtension has no app yet"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^this BackgroundTasksExtension has no app yet: call init_app\(app\) first$",
+    ):
         _ = extension.supervisor
     app = QuartTrio(__name__)
     extension.init_app(app)
     assert extension.supervisor.mode == "cancel"
-    with pytest.raises(TypeError, match=r"^this app already has a BackgroundTasksExtension"):
+    with pytest.raises(
+        TypeError,
+        match=r"^this app already has a BackgroundTasksExtension; initialise it once per app$",
+    ):
         BackgroundTasksExtension(app)
+    with pytest.raises(
+        TypeError, match=r"^this BackgroundTasksExtension already serves an app; make one per app$"
+    ):
+        extension.init_app(QuartTrio(__name__))
 
 
 def test_plain_quart_is_refused() -> None:
@@ -148,7 +158,12 @@ async def test_background_tasks_outside_a_request() -> None:
     app = QuartTrio(__name__)
     BackgroundTasksExtension(app)
     async with app.app_context():
-        with pytest.raises(RuntimeError, match=r"^background_tasks\(\) works inside a Quart"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"^background_tasks\(\) works inside a Quart request \(a view, or a "
+            r"before/after request function\), where the request's batch is; outside one, "
+            r"for work that belongs to no request, use app.add_background_task\(func\)$",
+        ):
             background_tasks()
 
 

@@ -146,7 +146,8 @@ class BackgroundTasksExtension:
 
         Raises:
             TypeError: ``app`` is not a ``QuartTrio`` app (Quart itself runs
-                on asyncio), or already has this extension.
+                on asyncio), or already has an extension, or this extension
+                already serves another app.
         """
         if not isinstance(app, QuartTrio):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError(
@@ -158,6 +159,8 @@ class BackgroundTasksExtension:
             raise TypeError(
                 "this app already has a BackgroundTasksExtension; initialise it once per app"
             )
+        if self.middleware is not None:
+            raise TypeError("this BackgroundTasksExtension already serves an app; make one per app")
         options = dict(self.options)
         observers = [self._observer, *options.pop("observers", ())]
         middleware = BackgroundTasksMiddleware(
