@@ -71,6 +71,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"httpx\..*"),
     (r"py:.*", r"starlette\..*"),
     (r"py:.*", r"fastapi\..*"),
+    (r"py:.*", r"quart(_trio)?\..*"),
     (r"py:.*", r"pytest\..*"),
     (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
     (r"py:.*", r"(prometheus_client|opentelemetry)\..*"),

@@ -103,3 +103,9 @@ def test_a_missing_extra_names_its_install(
     monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match=rf"pip install 'trio-background\[{extra}\]'$"):
         importlib.import_module(module)
+
+
+def test_quart_names() -> None:
+    import trio_background.quart
+
+    assert set(trio_background.quart.__all__) == {"BackgroundTasksExtension", "background_tasks"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -77,3 +78,14 @@ async def poll_progress(
 
 def has_progress(count: int, record: dict[str, Any]) -> bool:
     return bool(record["progress"] == count)
+
+
+async def read_until(stream: trio.abc.ReceiveStream, pattern: re.Pattern[bytes]) -> bytes:
+    """Read a server's output until ``pattern`` matches; return its first group."""
+    seen = b""
+    while (match := pattern.search(seen)) is None:
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise AssertionError(f"the server exited before printing {pattern.pattern!r}: {seen!r}")
+        seen += chunk
+    return match.group(1)

@@ -18,6 +18,8 @@ import trio
 from examples import basic
 from trio_background.testing import open_live_server
 
+from .helpers import read_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,16 +50,6 @@ async def test_notification_is_written_after_the_response(
         "notification for ada@example.com: some notification",
         "notification for alan@example.com: some notification",
     ]
-
-
-async def _read_until(stream: trio.abc.ReceiveStream, pattern: re.Pattern[bytes]) -> bytes:
-    seen = b""
-    while (match := pattern.search(seen)) is None:
-        chunk = await stream.receive_some()
-        if not chunk:
-            raise AssertionError(f"the server exited before printing {pattern.pattern!r}: {seen!r}")
-        seen += chunk
-    return match.group(1)
 
 
 async def test_served_by_the_cli(tmp_path: Path) -> None:
@@ -91,7 +83,7 @@ async def test_served_by_the_cli(tmp_path: Path) -> None:
                 )
             )
             assert process.stderr is not None
-            port = int(await _read_until(process.stderr, running))
+            port = int(await read_until(process.stderr, running))
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 response = await client.post("/send-notification/grace@example.com")
             assert response.status_code == 200
