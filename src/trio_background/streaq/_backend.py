@@ -415,7 +415,7 @@ def _leaf(exc: BaseException) -> BaseException:
         if len(group.exceptions) != 1:
             break
         leaf = group.exceptions[0]
-    return cast("BaseException", leaf)
+    return cast("BaseException", leaf)  # type: ignore[redundant-cast]  # for pyright
 
 
 def _check_name(name: object) -> None:
