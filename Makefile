@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 # coverage starts before pytest, so it also measures what the plugin imports.
 pytest: $(STAMP)
 	./scripts/ensure-chromium
+	./scripts/ensure-redis
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest
 	$(PY) -m coverage combine --quiet
