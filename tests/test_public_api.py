@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing
 
+import pytest
+
 import trio_background
 import trio_background.fastapi
 import trio_background.testing
@@ -71,3 +73,9 @@ def test_report_fields() -> None:
     assert report.total == 0
     fields = set(trio_background.TaskRecord.__dataclass_fields__)
     assert {"name", "state", "error", "request", "started_at", "ended_at"} <= fields
+
+
+def test_streaq_names() -> None:
+    streaq = pytest.importorskip("trio_background.streaq", reason="streaQ needs Python 3.11+")
+    assert streaq.__all__ == ["StreaqBackend"]
+    assert streaq.StreaqBackend.__module__ == "trio_background.streaq._backend"

@@ -11,7 +11,7 @@ worker takes it over if one dies. Needs the ``streaq`` extra (Python 3.11+)::
 
 try:
     import streaq  # noqa: F401  # pyright: ignore[reportUnusedImport]  # the extra
-except ImportError as _exc:  # pragma: no cover - the tests run with the extra
+except ImportError as _exc:
     raise ImportError(
         "trio_background.streaq needs streaQ (Python 3.11+): pip install 'trio-background[streaq]'"
     ) from _exc
