@@ -72,6 +72,9 @@ nitpick_ignore_regex = [
     (r"py:.*", r"starlette\..*"),
     (r"py:.*", r"fastapi\..*"),
     (r"py:.*", r"pytest\..*"),
+    (r"py:.*", r"(streaq|coredis)\..*"),
+    # StreaqBackend.task(func: F) -> F, F a TypeVar of any callable.
+    (r"py:class", r"trio_background\.streaq\._backend\.F"),
     (r"py:.*", r"(typing|collections\.abc)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)
     (r"py:class", r"P(\.args|\.kwargs)?"),

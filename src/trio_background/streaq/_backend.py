@@ -108,7 +108,7 @@ class StreaqBackend:
         signing_secret: If given, every entry is signed with it (HMAC) and
             a worker refuses entries that do not verify before unpickling
             them. Use it whenever anyone but your processes can write to
-            this Redis: streaQ stores arguments with :mod:`pickle`.
+            this Redis: streaQ stores arguments with ``pickle``.
         max_tries: Default for :meth:`task`: how many times a worker may
             start one call (redeliveries after a worker died count).
 
