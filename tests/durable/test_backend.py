@@ -14,7 +14,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 import trio
 from streaq import TaskStatus
 
-from tests.durable.conftest import RedisServer
+from tests.redis_fixture import RedisServer
 from trio_background import BackgroundTask
 from trio_background.streaq import StreaqBackend
 from trio_background.streaq._backend import make_streaq_worker
