@@ -44,6 +44,7 @@ bench: $(STAMP)
 		|| echo "bench: no wrk; bench/load.py is used"
 	$(PY) -m bench.run
 	$(PY) -m bench.progress_cost
+	$(PY) -m bench.durable
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench.run --smoke

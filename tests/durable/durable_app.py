@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 import trio
+from fastapi import FastAPI
 
+from trio_background import BackgroundTasksMiddleware
+from trio_background.fastapi import BackgroundTasks
 from trio_background.streaq import StreaqBackend
 
 
@@ -80,3 +83,12 @@ def make_backend() -> StreaqBackend:
 
 
 backend = make_backend()
+
+app = FastAPI()
+app.add_middleware(BackgroundTasksMiddleware, backend=backend)
+
+
+@app.post("/mark/{name}")
+async def post_mark(name: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+    background_tasks.add_task(mark, name)
+    return {"mark": name}
