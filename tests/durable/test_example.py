@@ -9,6 +9,7 @@ exactly its invoice.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -111,7 +112,5 @@ async def test_a_deploy_loses_no_invoice(outbox: Path) -> None:
     for worker in (second, third):
         worker.process.send_signal(signal.SIGTERM)
         assert await worker.finish() == 0, worker.output
-    assert sorted(p.name for p in outbox.iterdir()) == sorted(
-        f"invoice-{n}.txt" for n in range(1, 17)
-    )
+    assert sorted(os.listdir(outbox)) == sorted(f"invoice-{n}.txt" for n in range(1, 17))
     assert (outbox / "invoice-16.txt").read_text() == "invoice for order 16 to 16@example.com\n"
