@@ -13,12 +13,14 @@ from __future__ import annotations
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.redis_fixture import RedisServer
+from tests.test_cli import Server, start
 
 _LEAK = "Unclosed <MemoryObject"
 _LEAK_MODULE = "anyio.streams.memory"
@@ -81,3 +83,30 @@ def durable_env(
     monkeypatch.setenv("TB_QUEUE", queue_name)
     monkeypatch.setenv("TB_MARKS", str(tmp_path))
     return tmp_path
+
+
+Spawn = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[Spawn]:
+    """``await spawn(*python_args)`` starts ``python ARGS`` from the project's root.
+
+    Whatever is still running when the test ends (it failed half-way) is
+    killed, so no process outlives its test.
+    """
+    started: list[Server] = []
+
+    async def spawn(*args: str) -> Server:
+        server = await start(*args)
+        started.append(server)
+        return server
+
+    yield spawn
+    for server in started:
+        if server.process.returncode is None:
+            server.process.kill()
+        with trio.CancelScope(shield=True):
+            await server.process.wait()
+            if server.process.stderr is not None:
+                await server.process.stderr.aclose()

@@ -23,8 +23,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 import httpx
 import trio
 
+from tests.durable.conftest import Spawn
 from tests.redis_fixture import RedisServer
-from tests.test_cli import Server, start
+from tests.test_cli import Server
 
 WEB = ("-m", "trio_background", "examples.durable:app", "--bind", "127.0.0.1:0")
 WORKER = ("-m", "trio_background.streaq", "worker", "examples.durable:backend")
@@ -38,14 +39,14 @@ def outbox(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.Monkey
     return tmp_path / "outbox"
 
 
-async def start_web() -> tuple[Server, str]:
-    web = await start(*WEB)
+async def start_web(spawn: Spawn) -> tuple[Server, str]:
+    web = await spawn(*WEB)
     url = (await web.wait_for(r"Running on (http://127\.0\.0\.1:\d+)")).group(1)
     return web, url
 
 
-async def start_worker() -> Server:
-    worker = await start(*WORKER)
+async def start_worker(spawn: Spawn) -> Server:
+    worker = await spawn(*WORKER)
     await worker.wait_for(r"streaq worker \w+ ready")
     return worker
 
@@ -80,26 +81,24 @@ async def wait_for_invoices(workers: list[Server], numbers: range) -> None:
     assert done(), "\n".join(w.output for w in workers)
 
 
-async def test_a_deploy_loses_no_invoice(outbox: Path) -> None:
-    web, url = await start_web()
-    first, second = await start_worker(), await start_worker()
+async def test_a_deploy_loses_no_invoice(outbox: Path, spawn: Spawn) -> None:
+    web, url = await start_web(spawn)
+    first, second = await start_worker(spawn), await start_worker(spawn)
     for number in range(1, 6):
         await order(url, number)
 
     # Deploy the web process: SIGTERM drains it; its invoices are in Redis already.
     web.process.send_signal(signal.SIGTERM)
     assert await web.finish() == 0, web.output
-    assert re.search(
-        r"background tasks \(drain, timeout 30s\): 10 total: .*5 handed_off", web.output
-    )
-    web, url = await start_web()
+    assert re.search(r"10 total: 5 completed, 0 failed, 5 handed_off, 0 cancelled", web.output)
+    web, url = await start_web(spawn)
     for number in range(6, 11):
         await order(url, number)
 
     # Deploy a worker: SIGTERM drains it; the other one keeps taking orders.
     first.process.send_signal(signal.SIGTERM)
     assert await first.finish() == 0, first.output
-    third = await start_worker()
+    third = await start_worker(spawn)
     for number in range(11, 16):
         await order(url, number)
 

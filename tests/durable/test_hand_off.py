@@ -23,9 +23,9 @@ from fastapi import FastAPI
 from streaq import TaskStatus
 
 from tests.durable import durable_app
+from tests.durable.conftest import Spawn
 from tests.durable.test_worker import start_worker, stop
 from tests.redis_fixture import RedisServer
-from tests.test_cli import start
 from trio_background import BackgroundTask, BackgroundTasksMiddleware, TaskState
 from trio_background import BackgroundTasks as Batch
 from trio_background.fastapi import BackgroundTasks
@@ -87,7 +87,7 @@ async def queued(backend: StreaqBackend) -> int:
 
 
 async def test_a_durable_task_is_stored_before_the_first_byte_and_a_worker_runs_it(
-    client: StreaqBackend, durable_env: Path
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
 ) -> None:
     added: list[BackgroundTask] = []
     web = durable_app.make_backend()
@@ -113,7 +113,7 @@ async def test_a_durable_task_is_stored_before_the_first_byte_and_a_worker_runs_
         durable.engine_id,
     )
     assert record.started_at is None
-    worker = await start_worker()
+    worker = await start_worker(spawn)
     with trio.fail_after(30):
         result = await client.result(durable.engine_id)
     await stop(worker)
@@ -122,9 +122,9 @@ async def test_a_durable_task_is_stored_before_the_first_byte_and_a_worker_runs_
 
 
 async def test_the_task_survives_the_web_process_killed_right_after_the_response(
-    client: StreaqBackend, durable_env: Path
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
 ) -> None:
-    web = await start(
+    web = await spawn(
         "-m", "trio_background", "tests.durable.durable_app:app", "--bind", "127.0.0.1:0"
     )  # fmt: skip
     url = (await web.wait_for(r"Running on (http://127\.0\.0\.1:\d+)")).group(1)
@@ -134,7 +134,7 @@ async def test_the_task_survives_the_web_process_killed_right_after_the_response
     await web.finish()
     assert response.status_code == 200
     assert await queued(client) == 1
-    worker = await start_worker()
+    worker = await start_worker(spawn)
     await worker.wait_for(r"task tests\.durable\.durable_app\.mark ■ \w+ ← survivor")
     await stop(worker)
     assert (durable_env / "survivor").read_text() == f"done {worker.process.pid}\n"

@@ -21,7 +21,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
 import trio
 
 from tests.durable import durable_app
-from tests.test_cli import Server, start
+from tests.durable.conftest import Spawn
+from tests.test_cli import Server
 from trio_background import BackgroundTask
 from trio_background.streaq import StreaqBackend
 from trio_background.streaq._cli import main
@@ -36,8 +37,8 @@ async def client(durable_env: Path) -> AsyncIterator[StreaqBackend]:
         yield backend
 
 
-async def start_worker(*options: str) -> Server:
-    worker = await start("-m", "trio_background.streaq", "worker", APP, *options)
+async def start_worker(spawn: Spawn, *options: str) -> Server:
+    worker = await spawn("-m", "trio_background.streaq", "worker", APP, *options)
     await worker.wait_for(r"streaq worker \w+ ready")
     return worker
 
@@ -52,10 +53,11 @@ def marks(folder: Path, name: str) -> list[str]:
 
 
 async def test_a_worker_runs_handed_off_tasks_and_drains_on_sigterm(
-    client: StreaqBackend, durable_env: Path
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
 ) -> None:
     report_path = durable_env / "report.json"
     worker = await start_worker(
+        spawn,
         "--concurrency", "2", "--drain-timeout", "20", "--report-json", str(report_path)
     )  # fmt: skip
     ids = await client.hand_off(
@@ -87,14 +89,14 @@ async def test_a_worker_runs_handed_off_tasks_and_drains_on_sigterm(
 
 
 async def test_a_task_whose_worker_is_killed_is_finished_by_another(
-    client: StreaqBackend, durable_env: Path
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
 ) -> None:
-    first = await start_worker()
+    first = await start_worker(spawn)
     [task_id] = await client.hand_off([BackgroundTask(durable_app.hang_once, "k")])
     await first.wait_for("hang_once k hanging")
     first.process.kill()
     await first.finish()
-    second = await start_worker()
+    second = await start_worker(spawn)
     with trio.fail_after(30):  # after idle_timeout (2 s) the second worker claims it
         result = await client.result(task_id)
     await stop(second)
@@ -103,10 +105,10 @@ async def test_a_task_whose_worker_is_killed_is_finished_by_another(
 
 
 async def test_a_task_cut_by_the_drain_deadline_goes_back_to_the_queue(
-    client: StreaqBackend, durable_env: Path
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
 ) -> None:
     report_path = durable_env / "report.json"
-    first = await start_worker("--drain-timeout", "0.5", "--report-json", str(report_path))
+    first = await start_worker(spawn, "--drain-timeout", "0.5", "--report-json", str(report_path))
     [task_id] = await client.hand_off([BackgroundTask(durable_app.hang_once, "d")])
     await first.wait_for("hang_once d hanging")
     await stop(first)
@@ -126,7 +128,7 @@ async def test_a_task_cut_by_the_drain_deadline_goes_back_to_the_queue(
         rf"{task_id} \(cancelled\)",
         first.output,
     ), first.output
-    second = await start_worker()
+    second = await start_worker(spawn)
     with trio.fail_after(30):
         result = await client.result(task_id)
     await stop(second)
