@@ -26,7 +26,7 @@ from tests.durable import durable_app
 from tests.durable.conftest import Spawn
 from tests.durable.test_worker import start_worker, stop
 from tests.redis_fixture import RedisServer
-from trio_background import BackgroundTask, BackgroundTasksMiddleware, TaskState
+from trio_background import BackgroundTask, BackgroundTasksMiddleware, TaskState, monitor
 from trio_background import BackgroundTasks as Batch
 from trio_background.fastapi import BackgroundTasks
 from trio_background.streaq import StreaqBackend
@@ -48,6 +48,7 @@ def order_app(
     """
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware, backend=backend, spill=spill)
+    app.mount("/admin/tasks", monitor())
 
     def log_order(number: int) -> None: ...
 
@@ -101,7 +102,13 @@ async def test_a_durable_task_is_stored_before_the_first_byte_and_a_worker_runs_
                 assert durable.engine_id is not None
                 assert await client.status(durable.engine_id) is TaskStatus.QUEUED
                 await response.aread()
-        await server.supervisor.wait_idle()
+            await server.supervisor.wait_idle()
+            # The monitor lists it, with streaQ's id.
+            snapshot = (await http.get("/admin/tasks/tasks")).json()
+            [shown] = [r for r in snapshot["finished"] if r["state"] == "handed_off"]
+            assert (shown["id"], shown["engine_id"]) == (durable.id, durable.engine_id)
+            one = (await http.get(f"/admin/tasks/tasks/{durable.id}")).json()
+            assert (one["state"], one["engine_id"]) == ("handed_off", durable.engine_id)
         report = await server.shutdown()
     assert (local.state, local.engine_id) == (TaskState.COMPLETED, None)
     assert report.count("handed_off") == 1
