@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import trio
@@ -65,7 +66,25 @@ async def take_a_second(name: str) -> str:
     return name
 
 
-FUNCTIONS = (mark, mark_sync, hang_once, take_a_second)
+def hang_sync_once(name: str) -> str:
+    """Like :func:`hang_once`, in a worker thread (which trio cannot cancel, only abandon)."""
+    first = _marks() / f"{name}.first"
+    if not first.exists():
+        first.write_text(f"{os.getpid()}\n")
+        _say(f"hang_sync_once {name} hanging in {os.getpid()}")
+        threading.Event().wait()
+    _mark(name)
+    return name
+
+
+async def too_slow(name: str) -> str:
+    """Never ends by itself: registered with a 1 s timeout."""
+    _say(f"too_slow {name} started")
+    await trio.sleep_forever()
+    return name  # pragma: no cover
+
+
+FUNCTIONS = (mark, mark_sync, hang_once, take_a_second, hang_sync_once)
 
 
 def make_backend() -> StreaqBackend:
@@ -79,6 +98,7 @@ def make_backend() -> StreaqBackend:
     )
     for func in FUNCTIONS:
         new.task(func)
+    new.task(timeout=1, max_tries=1)(too_slow)
     return new
 
 

@@ -136,6 +136,37 @@ async def test_a_task_cut_by_the_drain_deadline_goes_back_to_the_queue(
     assert marks(durable_env, "d") == [f"done {second.process.pid}"]
 
 
+async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_deadline(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    report_path = durable_env / "report.json"
+    first = await start_worker(spawn, "--drain-timeout", "0.5", "--report-json", str(report_path))
+    slow_id, stuck_id = await client.hand_off(
+        [
+            BackgroundTask(durable_app.too_slow, "t"),
+            BackgroundTask(durable_app.hang_sync_once, "s"),
+        ]
+    )
+    with trio.fail_after(30):
+        slow = await client.result(slow_id)
+    assert not slow.success
+    assert repr(slow.exception) == "TimeoutError('Task timed out!')"
+    await first.wait_for("hang_sync_once s hanging")
+    await stop(first)  # the thread never returns: abandoned, the process exits anyway
+    report = json.loads(report_path.read_text())
+    assert (report["counts"]["failed"], report["counts"]["abandoned"]) == (1, 1)
+    assert [(r["request"], r["error"]) for r in report["failed"]] == [
+        (f"streaq {slow_id}", "TimeoutError: the task's timeout expired")
+    ]
+    [abandoned] = report["abandoned"]
+    assert abandoned["request"] == f"streaq {stuck_id}"
+    assert abandoned["reason"].startswith("its thread was still running at the drain deadline")
+    second = await start_worker(spawn)
+    with trio.fail_after(30):
+        assert (await client.result(stuck_id)).result == "s"
+    await stop(second)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
