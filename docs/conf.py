@@ -75,7 +75,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(streaq|coredis)\..*"),
     # StreaqBackend.task(func: F) -> F, F a TypeVar of any callable.
     (r"py:class", r"trio_background\.streaq\._backend\.F"),
-    (r"py:.*", r"(typing|collections\.abc)\..*"),
+    (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)
     (r"py:class", r"P(\.args|\.kwargs)?"),
 ]

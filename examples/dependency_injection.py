@@ -9,11 +9,11 @@ swaps the services, and the task gets the replacements.
 What differs from the seed: the services log instead of printing, and the
 dependencies are declared as ``Annotated[EmailService,
 Depends(get_email_service)]``, FastAPI's recommended spelling of the seed's
-``email_service: EmailService = Depends(get_email_service)``. Note for real
-services: a dependency written with ``yield`` is finalised when the request
-ends, before its background tasks run, so a task must not be handed a
-resource (a database session, an open client) that such a dependency
-closes; give it what it needs to open its own.
+``email_service: EmailService = Depends(get_email_service)``. As in FastAPI
+(>= 0.118), a dependency written with ``yield`` stays open while the
+request's background tasks run and is finalised after them, so a task may be
+handed a resource (a database session, an open client) that such a
+dependency closes.
 
 Run it::
 

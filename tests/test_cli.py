@@ -105,7 +105,7 @@ async def test_plain_hypercorn_with_the_middleware(
     assert status == 0, server.output
     assert at_least <= took < bound
     # Logged at lifespan shutdown (WARNING reaches stderr without any logging setup).
-    assert "background tasks (no shutdown requested): 3 total: 1 completed, 0 failed, " in (
+    assert "background tasks (lifespan shutdown): 3 total: 1 completed, 0 failed, " in (
         server.output
     )
     assert "1 cancelled, 1 skipped, 0 abandoned" in server.output

@@ -145,7 +145,7 @@ async def test_plain_hypercorn_graceful_timeout_is_the_deadline(
     (summary,) = [r for r in caplog.records if "total" in r.getMessage()]
     assert summary.levelno == logging.WARNING
     assert summary.getMessage() == (
-        "background tasks (no shutdown requested): 2 total: 0 completed, 0 failed, "
+        "background tasks (lifespan shutdown): 2 total: 0 completed, 0 failed, "
         "1 cancelled, 1 skipped, 0 abandoned; not completed: 1.0 "
         "test_plain_hypercorn_graceful_timeout_is_the_deadline.<locals>.forever (cancelled), "
         "1.1 test_plain_hypercorn_graceful_timeout_is_the_deadline.<locals>.after (skipped)"

@@ -24,6 +24,8 @@ def test_public_names() -> None:
         "TaskMonitor",
         "TaskRecord",
         "TaskState",
+        "DurableBackend",
+        "TaskObserver",
         "from_scope",
         "monitor",
         "report_progress",
@@ -44,6 +46,7 @@ def test_task_state_values() -> None:
         "cancelled",
         "skipped",
         "abandoned",
+        "handed_off",
     ]
     assert trio_background.TaskState("skipped") is trio_background.TaskState.SKIPPED
 

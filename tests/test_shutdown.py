@@ -357,4 +357,5 @@ async def test_same_scenario_gives_byte_identical_reports(
         "cancelled": 2,
         "skipped": 1,
         "abandoned": 0,
+        "handed_off": 0,
     }

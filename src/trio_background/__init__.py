@@ -1,16 +1,19 @@
 """FastAPI-style background tasks for trio apps served by Hypercorn.
 
-Tasks added during a request run after its response, in a scope owned by the
-request's own task (so by the server's connection), one after another; sync
-tasks run in worker threads. Shutdown drains or cancels them by one deadline
-and reports what happened to each.
+Tasks added during a request run after its response, in a nursery inside the
+request's own task (so a child of the server's connection), one after another
+(or beside each other, with ``start_soon``); sync tasks run in worker threads.
+Shutdown drains or cancels them by one deadline and reports what happened to
+each.
 """
 
+from ._backend import DurableBackend as DurableBackend
 from ._middleware import BackgroundTasksMiddleware as BackgroundTasksMiddleware
 from ._middleware import from_scope as from_scope
 from ._middleware import supervisor_from_scope as supervisor_from_scope
 from ._monitor import TaskMonitor as TaskMonitor
 from ._monitor import monitor as monitor
+from ._observe import TaskObserver as TaskObserver
 from ._progress import Progress as Progress
 from ._progress import report_progress as report_progress
 from ._records import ShutdownReport as ShutdownReport
@@ -29,12 +32,14 @@ __all__ = [
     "BackgroundTask",
     "BackgroundTasks",
     "BackgroundTasksMiddleware",
+    "DurableBackend",
     "Progress",
     "ShutdownReport",
     "Snapshot",
     "Supervisor",
     "SupervisorStatistics",
     "TaskMonitor",
+    "TaskObserver",
     "TaskRecord",
     "TaskState",
     "from_scope",

@@ -2,25 +2,37 @@
 
 The one hard idea: Hypercorn runs each request's app call in a task of the
 connection's task group, and considers the response sent as soon as the
-final body message is sent, while the app call may go on. So the middleware
-runs the batch *in the request's own task*, after the inner app returned:
-the client already has its response (and its keep-alive connection serves
-the next request), while the batch stays a child of the connection, and of
-the server, so nothing outlives the server and shutdown can reach it.
+final body message is sent, while the app call may go on. So the batch runs
+*in the request's own task*, in a nursery opened there once the response is
+complete: the client already has its response (and its keep-alive
+connection serves the next request), while the batch stays a child of the
+connection, and of the server, so nothing outlives the server and shutdown
+can reach it.
 
-Every other scope type passes through, except ``lifespan``, which the
-middleware watches to start and close its supervisor (and, under asyncio,
-to refuse to start).
+"Complete" means the final ``http.response.body`` (or the last trailers) was
+handed to the server. Hypercorn may deliver ``http.disconnect`` from inside
+that very send, and Starlette's streaming responses then cancel the sending
+task while it is still in the send: so a final message counts as handed over
+once the server's ``send`` was called with it, returned or cancelled.
+
+Under FastAPI the batch runs from the request's exit stack, just before its
+``yield`` dependencies close (as in FastAPI >= 0.118); elsewhere, after the
+app call returned. Every other scope type passes through, except
+``lifespan``, which the middleware watches to start and close its supervisor
+(and, under asyncio, to refuse to start).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+import sys
 from typing import TYPE_CHECKING, Any
 
 import sniffio
+import trio
 
+from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
+from ._runner import hand_off
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -28,31 +40,31 @@ from ._supervisor import (
     Mode,
     Supervisor,
 )
+from ._tasks import TaskState, adopting
 
 if TYPE_CHECKING:
-    from ._runner import ErrorHook, OnError
-    from ._tasks import BackgroundTasks
+    from collections.abc import Iterable
+    from contextlib import AsyncExitStack
+    from types import TracebackType
+
+    from ._backend import DurableBackend
+    from ._observe import TaskObserver
+    from ._runner import ErrorHook, Flight, OnError, Policy
+    from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["BackgroundTasksMiddleware", "from_scope", "supervisor_from_scope"]
 
 logger = logging.getLogger("trio_background")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# Keys this library puts in ASGI scopes. The exchange key marks an HTTP
-# request whose batch an (outer) middleware owns; the middleware key marks a
-# lifespan scope that a middleware already watches.
-EXCHANGE_KEY = "trio_background.exchange"
-MIDDLEWARE_KEY = "trio_background.middleware"
-
 _NOT_TRIO = (
     "trio-background runs background tasks in trio nurseries, but this server runs "
     "{library}: serve the app with Hypercorn's trio worker (hypercorn --worker-class trio "
     "module:app) or with trio_background.serve() / python -m trio_background module:app"
+)
+
+_UNAVAILABLE = (
+    b"503 Service Unavailable: the background work of this request could not be stored, "
+    b"so the request was not accepted; try again later\n"
 )
 
 
@@ -66,61 +78,195 @@ def check_trio() -> None:
         raise RuntimeError(_NOT_TRIO.format(library=library))
 
 
+def _request_label(scope: Scope) -> str:
+    return f"{scope.get('method', '?')} {scope.get('path', '?')}"
+
+
 class _Exchange:
     """One HTTP request: wraps ``send`` to see the response complete.
 
     It is the only object the middleware allocates for a request that adds no
-    task; the batch is made on first use.
+    task; the batch (a flight of the supervisor) is opened on first use.
     """
 
-    __slots__ = ("_batch", "_send", "_supervisor", "_trailers", "complete")
+    __slots__ = (
+        "_send",
+        "_trailers",
+        "complete",
+        "error_response",
+        "flight",
+        "policy",
+        "refused",
+        "scope",
+        "stack",
+        "supervisor",
+    )
 
-    def __init__(self, send: Send, supervisor: Supervisor) -> None:
+    def __init__(self, send: Send, supervisor: Supervisor, scope: Scope) -> None:
         self._send = send
-        self._supervisor = supervisor
-        self._batch: BackgroundTasks | None = None
+        self.supervisor = supervisor
+        self.scope = scope
+        self.policy: Policy = supervisor.policy
+        self.flight: Flight | None = None
+        self.stack: AsyncExitStack | None = None
         self._trailers = False
         self.complete = False
+        self.error_response: str | None = None
+        self.refused: str | None = None
 
     @property
     def batch(self) -> BackgroundTasks:
-        if self._batch is None:
-            self._batch = self._supervisor.open_batch()
-        return self._batch
+        flight = self.flight
+        if flight is None:
+            flight = self.flight = self.supervisor._open(  # pyright: ignore[reportPrivateUsage]
+                _request_label(self.scope), self.policy
+            )
+        return flight.batch
 
-    @property
-    def supervisor(self) -> Supervisor:
-        return self._supervisor
+    def use_policy(self, supervisor: Supervisor) -> None:
+        """An inner, configured middleware's options apply to this request."""
+        self.policy = supervisor.policy
+        if self.flight is not None:
+            self.flight.policy = supervisor.policy
 
-    @property
-    def has_tasks(self) -> bool:
-        return self._batch is not None and bool(self._batch.tasks)
+    # The _Adopter protocol: Starlette's Response(background=task) awaits a
+    # task after the response is complete; it joins the batch instead.
+    def adopt(self, task: BackgroundTask) -> bool:
+        if not self.complete or self.refused is not None or task.state is not TaskState.PENDING:
+            return False
+        if self.flight is not None and (self.flight.running or self.flight.closed):
+            return False
+        batch = self.batch
+        if batch._closed is not None:  # pyright: ignore[reportPrivateUsage]
+            return False
+        batch._append(task)  # pyright: ignore[reportPrivateUsage]
+        return True
+
+    def owns(self, batch: BackgroundTasks) -> bool:
+        return self.flight is not None and self.flight.batch is batch
 
     def close(self) -> None:
         """The app has returned: let go of the server's ``send``.
 
         The server's send is usually a bound method of an object that holds
         the scope, which holds this exchange: a reference cycle per request,
-        left to the garbage collector (and its pauses) unless broken here.
+        left to the garbage collector (and its pauses) unless broken here;
+        the scope holds this exchange too.
         """
         self._send = _send_after_return
+        self.scope = _NO_SCOPE
 
     async def __call__(self, message: Message) -> None:
-        await self._send(message)
+        if self.refused is not None:
+            return  # a 503 went out instead of the app's response
         kind = message["type"]
+        final = False
         if kind == "http.response.body":
-            if not self._trailers and not message.get("more_body", False):
-                self.complete = True
+            final = not self._trailers and not message.get("more_body", False)
         elif kind == "http.response.start":
             self._trailers = bool(message.get("trailers", False))
+            handling = sys.exc_info()[1]
+            if handling is not None:
+                # Sent while an exception is being handled: an exception
+                # handler's response (HTTPException included); the app failed.
+                self.error_response = type(handling).__qualname__
+            elif self.flight is not None and not await self._hand_off():
+                return
         elif kind == "http.response.trailers":
-            if not message.get("more_trailers", False):
-                self.complete = True
+            final = not message.get("more_trailers", False)
         elif kind == "http.response.pathsend":
-            self.complete = True
+            final = True
         elif kind == "http.response.zerocopysend":
-            if not message.get("more_body", False):
-                self.complete = True
+            final = not message.get("more_body", False)
+        if not final:
+            await self._send(message)
+            return
+        # Returned or cancelled (see the module's docstring): handed over. An
+        # error raised by the server's send means it was not.
+        try:
+            await self._send(message)
+        except trio.Cancelled:
+            self._completed()
+            raise
+        self._completed()
+
+    async def _hand_off(self) -> bool:
+        """Store the durable tasks before the first byte leaves; False if refused."""
+        flight = self.flight
+        if flight is None or flight.policy.backend is None:
+            return True
+        durable = [
+            task
+            for task in flight.batch.tasks
+            if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
+        ]
+        if not durable or await hand_off(flight, durable):
+            return True
+        self.refused = (
+            "the durable backend could not store this request's durable tasks, so the "
+            "client got 503"
+        )
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(_UNAVAILABLE)).encode()),
+                    (b"retry-after", b"1"),
+                ],
+            }
+        )
+        await self._send({"type": "http.response.body", "body": _UNAVAILABLE})
+        return False
+
+    def _completed(self) -> None:
+        if self.complete:
+            return
+        self.complete = True
+        observers = self.supervisor._observers  # pyright: ignore[reportPrivateUsage]
+        if observers:
+            observers.response_complete(self.scope)
+        if self.stack is not None and self.flight is not None:
+            self.stack.push_async_exit(self._run_from_stack)
+
+    async def _run_from_stack(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        # FastAPI's request exit stack is closing: the response was sent, the
+        # yield dependencies are still open. Run the batch now, unless the
+        # app is failing (the middleware then records the batch skipped).
+        if exc_type is None:
+            await self.run()
+        return False
+
+    async def run(self) -> None:
+        """Run the batch if the response is complete, else record it skipped."""
+        flight = self.flight
+        if flight is None or flight.running or flight.closed:
+            return
+        supervisor = self.supervisor
+        if self.refused is not None:
+            supervisor._skip(flight, self.refused)  # pyright: ignore[reportPrivateUsage]
+        elif self.error_response is not None:
+            supervisor._skip(  # pyright: ignore[reportPrivateUsage]
+                flight,
+                f"the app raised {self.error_response} and an exception handler sent the response",
+            )
+        elif not self.complete:
+            supervisor._skip(flight, "the app returned without completing its response")  # pyright: ignore[reportPrivateUsage]
+        else:
+            await supervisor._run_flight(flight)  # pyright: ignore[reportPrivateUsage]
+
+    def defer_to(self, stack: AsyncExitStack) -> None:
+        """Run the batch from ``stack`` (FastAPI's request exit stack) as it closes."""
+        self.stack = stack
+
+
+_NO_SCOPE: Scope = {}
 
 
 async def _send_after_return(message: Message) -> None:
@@ -130,7 +276,8 @@ async def _send_after_return(message: Message) -> None:
     )
 
 
-def _exchange(scope: Scope) -> _Exchange:
+def exchange_from_scope(scope: Scope) -> _Exchange:
+    """The request's exchange; RuntimeError naming the fix when there is none."""
     exchange = scope.get(EXCHANGE_KEY)
     if isinstance(exchange, _Exchange):
         return exchange
@@ -155,7 +302,7 @@ def from_scope(scope: Scope) -> BackgroundTasks:
         RuntimeError: The scope has no batch: the middleware is not installed,
             or the scope is not an HTTP request.
     """
-    return _exchange(scope).batch
+    return exchange_from_scope(scope).batch
 
 
 def supervisor_from_scope(scope: Scope) -> Supervisor:
@@ -167,11 +314,7 @@ def supervisor_from_scope(scope: Scope) -> Supervisor:
     Raises:
         RuntimeError: As :func:`from_scope`.
     """
-    return _exchange(scope).supervisor
-
-
-def _request_label(scope: Scope) -> str:
-    return f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    return exchange_from_scope(scope).supervisor
 
 
 class BackgroundTasksMiddleware:
@@ -189,6 +332,11 @@ class BackgroundTasksMiddleware:
         error_hook: Called with ``(record, exception)`` for each failed task.
         thread_limit: Sync tasks running in threads at once.
         keep_records: Recent records kept per final state.
+        backend: A durable backend: tasks of its registered functions are
+            handed off to it before the response starts.
+        spill: At the drain deadline, hand off tasks of registered
+            functions that have not started.
+        observers: :class:`TaskObserver` instances (metrics, traces).
         supervisor: Use this supervisor instead of making one from the
             options above (which must then be left out).
 
@@ -196,17 +344,19 @@ class BackgroundTasksMiddleware:
         TypeError: ``supervisor`` is given together with other options.
 
     Error handling:
-        A batch runs only when the inner app completed its response and
-        returned. If the app raised, or returned without completing the
-        response, its tasks end ``skipped`` with the reason, and the app's
-        exception propagates as before. No task's exception ever leaves the
-        middleware.
+        A batch runs only when the inner app completed its response. If the
+        app raised, returned without completing the response, or its response
+        came from an exception handler (``HTTPException`` included), its
+        tasks end ``skipped`` with the reason, and the app's exception
+        propagates as before. No task's exception ever leaves the middleware.
 
     Nesting:
         When another BackgroundTasksMiddleware is outside this one (one that
         :func:`serve` or the test client added), the outer one owns the
-        batches; if this one was configured, the outer one adopts this
-        one's supervisor at lifespan startup, so its options still apply.
+        batches, and this one's options (``on_error``, ``error_hook``,
+        ``backend``, ``spill``, observers) apply to the requests that reach
+        it, whether or not a lifespan did; at lifespan startup the outer one
+        also adopts this one's supervisor (mode, drain timeout, limits).
     """
 
     def __init__(
@@ -219,6 +369,9 @@ class BackgroundTasksMiddleware:
         error_hook: ErrorHook | None = None,
         thread_limit: int = DEFAULT_THREAD_LIMIT,
         keep_records: int = DEFAULT_KEEP_RECORDS,
+        backend: DurableBackend | None = None,
+        spill: bool = False,
+        observers: Iterable[TaskObserver] = (),
         supervisor: Supervisor | None = None,
     ) -> None:
         if not callable(app):
@@ -227,13 +380,17 @@ class BackgroundTasksMiddleware:
                 "pass the app: BackgroundTasksMiddleware(app)"
             )
         self.app = app
-        options = {
+        observers = tuple(observers)
+        options: dict[str, Any] = {
             "mode": mode,
             "drain_timeout": drain_timeout,
             "on_error": on_error,
             "error_hook": error_hook,
             "thread_limit": thread_limit,
             "keep_records": keep_records,
+            "backend": backend,
+            "spill": spill,
+            "observers": observers,
         }
         defaults = Supervisor.__init__.__kwdefaults__ or {}
         self._configured = any(options[k] != defaults[k] for k in options)
@@ -246,21 +403,19 @@ class BackgroundTasksMiddleware:
             self._configured = True
             self.supervisor = supervisor
         else:
-            self.supervisor = Supervisor(
-                mode=mode,
-                drain_timeout=drain_timeout,
-                on_error=on_error,
-                error_hook=error_hook,
-                thread_limit=thread_limit,
-                keep_records=keep_records,
-            )
-        self.trio_checked = False
+            self.supervisor = Supervisor(**options)
+        self._trio_checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if EXCHANGE_KEY in scope:
-                # An outer middleware owns this request's batch.
+            outer = scope.get(EXCHANGE_KEY)
+            if isinstance(outer, _Exchange):
+                # An outer middleware owns this request's batch: our options apply.
+                if self._configured and outer.supervisor is not self.supervisor:
+                    outer.use_policy(self.supervisor)
+                    for observer in self.supervisor._observers._items:  # pyright: ignore[reportPrivateUsage]
+                        outer.supervisor.add_observer(observer)
                 await self.app(scope, receive, send)
                 return
             await self._http(scope, receive, send)
@@ -270,38 +425,34 @@ class BackgroundTasksMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.trio_checked:
+        if not self._trio_checked:
             check_trio()
-            self.trio_checked = True
-        exchange = _Exchange(send, self.supervisor)
+            self._trio_checked = True
+        exchange = _Exchange(send, self.supervisor, scope)
         scope[EXCHANGE_KEY] = exchange
+        token = adopting.set(exchange)
         try:
             await self.app(scope, receive, exchange)
         except BaseException as exc:
             exchange.close()
-            if exchange.has_tasks:
-                self.supervisor.skip(
-                    exchange.batch,
-                    request=_request_label(scope),
-                    reason=f"the app raised {type(exc).__qualname__} while handling the request",
+            flight = exchange.flight
+            if flight is not None and not flight.running and not flight.closed:
+                self.supervisor._skip(  # pyright: ignore[reportPrivateUsage]
+                    flight,
+                    f"the app raised {type(exc).__qualname__} while handling the request",
                 )
             raise
+        finally:
+            adopting.reset(token)
         exchange.close()
-        if exchange.has_tasks:
-            if exchange.complete:
-                await self.supervisor.run(exchange.batch, request=_request_label(scope))
-            else:
-                self.supervisor.skip(
-                    exchange.batch,
-                    request=_request_label(scope),
-                    reason="the app returned without completing its response",
-                )
+        if exchange.flight is not None:
+            await exchange.run()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         outer = scope.get(MIDDLEWARE_KEY)
         if isinstance(outer, BackgroundTasksMiddleware):
             if self._configured:
-                outer.adopt(self.supervisor)
+                outer._adopt(self.supervisor)  # pyright: ignore[reportPrivateUsage]
             await self.app(scope, receive, send)
             return
         scope[MIDDLEWARE_KEY] = self
@@ -315,7 +466,7 @@ class BackgroundTasksMiddleware:
         """
         return app if isinstance(app, BackgroundTasksMiddleware) else cls(app)
 
-    def adopt(self, supervisor: Supervisor) -> None:
+    def _adopt(self, supervisor: Supervisor) -> None:
         """Use an inner middleware's supervisor (called at lifespan startup)."""
         self.supervisor = supervisor
 
@@ -336,19 +487,30 @@ class _Lifespan:
         self.receive = receive
         self.send = send
         self.read_any = False
-        self.startup_done = False
 
     async def _receive(self) -> Message:
         message = await self.receive()
         self.read_any = True
-        if message["type"] == "lifespan.shutdown":
-            self.middleware.supervisor.close()
+        if message["type"] == "lifespan.startup":
+            await self._open_backend()
+        elif message["type"] == "lifespan.shutdown":
+            await self._close()
         return message
 
-    async def _send(self, message: Message) -> None:
-        if message["type"] == "lifespan.startup.complete":
-            self.startup_done = True
-        await self.send(message)
+    async def _open_backend(self) -> None:
+        backend = self.middleware.supervisor.backend
+        if backend is not None:
+            await backend.open()
+
+    async def _close(self) -> None:
+        supervisor = self.middleware.supervisor
+        supervisor.close(cause="lifespan shutdown")
+        backend = supervisor.backend
+        if backend is not None:
+            try:
+                await backend.aclose()
+            except Exception:
+                logger.exception("the durable backend failed to close")
 
     async def run(self) -> None:
         try:
@@ -358,10 +520,10 @@ class _Lifespan:
             if message["type"] == "lifespan.startup":
                 await self.send({"type": "lifespan.startup.failed", "message": str(exc)})
             raise
-        self.middleware.trio_checked = True
+        self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]
         self.middleware.supervisor.start()
         try:
-            await self.middleware.app(self.scope, self._receive, self._send)
+            await self.middleware.app(self.scope, self._receive, self.send)
         except Exception:
             if self.read_any:
                 raise
@@ -373,8 +535,9 @@ class _Lifespan:
             message = await self.receive()
             if message["type"] == "lifespan.startup":
                 self.middleware.supervisor.start()
+                await self._open_backend()
                 await self.send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.middleware.supervisor.close()
+                await self._close()
                 await self.send({"type": "lifespan.shutdown.complete"})
                 return

@@ -18,10 +18,11 @@ import html
 import json
 from typing import TYPE_CHECKING, Any
 
-from ._middleware import EXCHANGE_KEY, supervisor_from_scope
+from ._asgi import EXCHANGE_KEY
+from ._middleware import supervisor_from_scope
 
 if TYPE_CHECKING:
-    from ._middleware import Receive, Scope, Send
+    from ._asgi import Receive, Scope, Send
     from ._supervisor import Supervisor
 
 __all__ = ["TaskMonitor", "monitor"]

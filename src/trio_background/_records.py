@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._tasks import BackgroundTask, TaskState
 
@@ -35,6 +35,7 @@ FINAL_STATES: tuple[TaskState, ...] = (
     TaskState.CANCELLED,
     TaskState.SKIPPED,
     TaskState.ABANDONED,
+    TaskState.HANDED_OFF,
 )
 
 
@@ -55,6 +56,12 @@ class TaskRecord:
         ended_at: When it reached its final state (seconds); None while a
             live snapshot shows it pending or running.
         progress: The last progress it reported, or None.
+        overrun: Seconds it ended after the shutdown deadline (it shielded
+            itself, swallowed the cancellation or blocked the event loop), or
+            None if it ended in time.
+        waited: Seconds from its response being complete to its start (the
+            wait for a thread included), or None if it never started.
+        engine_id: The durable engine's id of a handed-off task, or None.
     """
 
     name: str
@@ -67,6 +74,9 @@ class TaskRecord:
     started_at: float | None
     ended_at: float | None
     progress: Progress | None = None
+    overrun: float | None = None
+    waited: float | None = None
+    engine_id: str | None = None
 
     @property
     def id(self) -> str:
@@ -87,25 +97,30 @@ class TaskRecord:
             "ended_at": self.ended_at,
             "progress": None if progress is None else progress._asdict(),
             "id": self.id,
+            "overrun": self.overrun,
+            "waited": self.waited,
+            "engine_id": self.engine_id,
         }
 
 
-# What the runner hands the supervisor for each task: a plain tuple, cheap to
-# make and to keep, turned into a TaskRecord only when someone looks. Fields:
-# name, state, error text, reason, request, batch, index, and the start and end
-# times on trio's clock (absolute), and the last progress.
-RawRecord = tuple[
-    str,
-    TaskState,
-    "str | None",
-    "str | None",
-    str,
-    int,
-    int,
-    "float | None",
-    "float | None",
-    "Progress | None",
-]
+class RawRecord(NamedTuple):
+    """What the runner hands the ledger for each task: cheap to make and to keep,
+    turned into a :class:`TaskRecord` only when someone looks. Times are
+    absolute, on trio's clock."""
+
+    name: str
+    state: TaskState
+    error: str | None
+    reason: str | None
+    request: str
+    batch: int
+    task_index: int
+    started: float | None
+    ended: float | None
+    progress: Progress | None
+    overrun: float | None
+    ready: float | None
+    engine_id: str | None
 
 
 def _format_error(exc: BaseException) -> str:
@@ -115,12 +130,22 @@ def _format_error(exc: BaseException) -> str:
 
 
 def raw_record(
-    task: BackgroundTask, request: str, batch: int, index: int, ended: float
+    task: BackgroundTask,
+    request: str,
+    batch: int,
+    index: int,
+    ended: float,
+    *,
+    ready: float | None = None,
+    overrun: float | None = None,
 ) -> RawRecord:
     """The raw record of ``task``, in its final state, ended at ``ended``."""
     error = task.error
     state = task.state
-    return (
+    started = (
+        None if state is TaskState.SKIPPED or state is TaskState.HANDED_OFF else task.started_at
+    )
+    return RawRecord(
         task.name,
         state,
         None if error is None else _format_error(error),
@@ -128,26 +153,37 @@ def raw_record(
         request,
         batch,
         index,
-        None if state is TaskState.SKIPPED else task.started_at,
+        started,
         ended,
         task.progress,
+        overrun,
+        ready,
+        task.engine_id,
     )
+
+
+def _since(when: float | None, epoch: float) -> float | None:
+    return None if when is None else round(when - epoch, 6)
 
 
 def build_record(raw: RawRecord, epoch: float) -> TaskRecord:
     """The :class:`TaskRecord` for ``raw``, with times relative to ``epoch``."""
-    name, state, error, reason, request, batch, index, started, ended, progress = raw
+    started = raw.started
+    ready = raw.ready
     return TaskRecord(
-        name=name,
-        state=state,
-        error=error,
-        reason=reason,
-        request=request,
-        batch=batch,
-        index=index,
-        started_at=None if started is None else round(started - epoch, 6),
-        ended_at=None if ended is None else round(ended - epoch, 6),
-        progress=progress,
+        name=raw.name,
+        state=raw.state,
+        error=raw.error,
+        reason=raw.reason,
+        request=raw.request,
+        batch=raw.batch,
+        index=raw.task_index,
+        started_at=_since(started, epoch),
+        ended_at=_since(raw.ended, epoch),
+        progress=raw.progress,
+        overrun=None if raw.overrun is None else round(raw.overrun, 6),
+        waited=None if started is None or ready is None else round(max(0.0, started - ready), 6),
+        engine_id=raw.engine_id,
     )
 
 
@@ -168,6 +204,8 @@ class ShutdownReport:
     Attributes:
         mode: ``"drain"`` or ``"cancel"``; None if no shutdown was requested
             (for example the server's own deadline cut the tasks).
+        cause: What started the shutdown (``"signal"``, ``"trigger"``,
+            ``"lifespan shutdown"``, ...), or None.
         drain_timeout: The drain timeout in force, or None.
         shutdown_started_at: When shutdown began (seconds), or None.
         deadline: The batch deadline (seconds), or None.
@@ -181,6 +219,7 @@ class ShutdownReport:
     """
 
     mode: str | None = None
+    cause: str | None = None
     drain_timeout: float | None = None
     shutdown_started_at: float | None = None
     deadline: float | None = None
@@ -190,6 +229,7 @@ class ShutdownReport:
     cancelled: tuple[TaskRecord, ...] = ()
     skipped: tuple[TaskRecord, ...] = ()
     abandoned: tuple[TaskRecord, ...] = ()
+    handed_off: tuple[TaskRecord, ...] = ()
 
     @property
     def total(self) -> int:
@@ -198,8 +238,9 @@ class ShutdownReport:
 
     @property
     def all_completed(self) -> bool:
-        """True when every task completed (also when there were none)."""
-        return self.counts[TaskState.COMPLETED.value] == self.total
+        """True when every task completed or was handed off (also when there were none)."""
+        done = self.counts[TaskState.COMPLETED.value] + self.counts[TaskState.HANDED_OFF.value]
+        return done == self.total
 
     def count(self, state: TaskState | str) -> int:
         """The exact number of tasks that ended in ``state``."""
@@ -218,19 +259,27 @@ class ShutdownReport:
 
     def summary(self) -> str:
         """One line for the log: mode, total and each count."""
-        counts = ", ".join(f"{self.counts[s.value]} {s.value}" for s in FINAL_STATES)
+        # handed_off only when there are some: most apps have no durable backend.
+        counts = ", ".join(
+            f"{self.counts[s.value]} {s.value}"
+            for s in FINAL_STATES
+            if s is not TaskState.HANDED_OFF or self.counts[s.value]
+        )
         if self.mode is None:
-            how = "no shutdown requested"
+            how = "no shutdown requested" if self.cause is None else self.cause
         elif self.mode == "drain":
             how = f"drain, timeout {self.drain_timeout:g}s"
         else:
             how = "cancel"
+        if self.mode is not None and self.cause is not None:
+            how += f", on {self.cause}"
         return f"background tasks ({how}): {self.total} total: {counts}"
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
         data: dict[str, Any] = {
             "mode": self.mode,
+            "cause": self.cause,
             "drain_timeout": self.drain_timeout,
             "shutdown_started_at": self.shutdown_started_at,
             "deadline": self.deadline,

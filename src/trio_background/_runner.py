@@ -1,136 +1,344 @@
-"""The runner: one batch, after its response, one task after another.
+"""The runner: one batch, after its response, in a nursery of the request's task.
 
-The runner is handed a batch and a :class:`BatchRun` (what the supervisor
-decided for it: limiter, error policy, where records go). It runs each
-pending task in order, turns every task into exactly one :class:`TaskRecord`,
-and never lets a task's exception out. Cancellation (a shutdown deadline or
-the server's own) is the one thing that leaves: the task that was running
-ends ``cancelled`` (``abandoned`` if in a thread), the rest ``skipped``, and
-``trio.Cancelled`` goes on up to whoever owns the deadline.
+A :class:`Flight` is a batch as the supervisor sees it, from the moment the
+request opened it to its last record. :func:`run_flight` runs it: a nursery
+inside the request's own task (so a child of the server's connection) holds
+the :meth:`~BackgroundTasks.add_task` sequence, one task after another, and
+each :meth:`~BackgroundTasks.start_soon` task beside it, all under the
+flight's cancel scope, whose deadline is the shutdown deadline.
+
+Every task becomes exactly one record. Nothing a task raises leaves the
+runner (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` and groups
+end it ``failed``); a cancellation (the deadline, or the server's own) is the
+one thing that does, after every task of the batch has been recorded: the
+task that was running ends ``cancelled`` (``abandoned`` if in a thread), the
+rest ``skipped`` (or handed off, with ``spill``).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._records import RawRecord, TaskRecord, build_record, raw_record
-from ._tasks import BackgroundTask, BackgroundTasks, TaskState
+from ._records import RawRecord, TaskRecord, build_record
+from ._tasks import BackgroundTask, BackgroundTasks, TaskState, failure_of
 
-__all__ = ["BatchRun", "ErrorHook", "OnError", "run_batch"]
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from ._backend import DurableBackend
+    from ._observe import Observers
+
+__all__ = ["ErrorHook", "Flight", "OnError", "Policy", "run_flight"]
 
 logger = logging.getLogger("trio_background")
 
 OnError = Literal["continue", "stop"]
 ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
 
-
-@dataclass(slots=True)
-class BatchRun:
-    """How one batch runs; made by the supervisor, read by the runner."""
-
-    number: int
-    request: str
-    batch: BackgroundTasks
-    limiter: trio.CapacityLimiter | None
-    on_error: OnError
-    error_hook: ErrorHook | None
-    epoch: float
-    emit: Callable[[RawRecord, bool], None]
-    """Receives each task's record, and whether a cancellation cut the task."""
-    cancel_scope: trio.CancelScope
+# How long a spill (handing off tasks not started at the deadline) may take:
+# inside the one second that serve() leaves between the deadline and the cut.
+SPILL_TIMEOUT = 0.5
 
 
-def _raw(task: BackgroundTask, run: BatchRun, index: int, ended: float) -> RawRecord:
-    return raw_record(task, run.request, run.number, index, ended)
+class Policy:
+    """What a batch's app asked for: the options of its (innermost) middleware."""
+
+    __slots__ = ("backend", "error_hook", "on_error", "spill")
+
+    def __init__(
+        self,
+        on_error: OnError,
+        error_hook: ErrorHook | None,
+        backend: DurableBackend | None,
+        spill: bool,
+    ) -> None:
+        self.on_error: OnError = on_error
+        self.error_hook = error_hook
+        self.backend = backend
+        self.spill = spill
 
 
-async def run_batch(batch: BackgroundTasks, run: BatchRun) -> None:
-    """Run every pending task of ``batch`` in order and record each one.
+class Flight:
+    """One batch in flight: opened by its request, run after its response.
+
+    Made by the supervisor, which gives it a ``record`` callback (where each
+    ended task goes) and the shared ``observers``.
+    """
+
+    __slots__ = (
+        "batch",
+        "closed",
+        "ended",
+        "epoch",
+        "limiter",
+        "next",
+        "number",
+        "nursery",
+        "observers",
+        "policy",
+        "ready_at",
+        "record",
+        "request",
+        "running",
+        "scope",
+        "sequencing",
+        "stop_reason",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        request: str,
+        batch: BackgroundTasks,
+        *,
+        policy: Policy,
+        limiter: trio.CapacityLimiter,
+        deadline: float,
+        observers: Observers,
+        epoch: float,
+        record: Callable[[Flight, BackgroundTask, int, float, bool, float | None], RawRecord],
+    ) -> None:
+        self.number = number
+        self.request = request
+        self.batch = batch
+        self.policy = policy
+        self.limiter = limiter
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.observers = observers
+        self.epoch = epoch
+        self.record = record
+        self.ready_at: float | None = None
+        self.ended = 0
+        self.nursery: trio.Nursery | None = None
+        self.running = False
+        self.closed = False
+        self.sequencing = False
+        self.next = 0
+        self.stop_reason: str | None = None
+
+    # Called by the batch for each task added (the _Owner protocol).
+    def added(self, task: BackgroundTask) -> None:
+        backend = self.policy.backend
+        if backend is not None and backend.is_durable(task.func):
+            task._durable = True  # pyright: ignore[reportPrivateUsage]
+        if self.observers:
+            self.observers.task_added(task)
+        nursery = self.nursery
+        if nursery is None:
+            return
+        if task._concurrent:  # pyright: ignore[reportPrivateUsage]
+            nursery.start_soon(_run_concurrent, self, task, len(self.batch.tasks) - 1)
+        elif not self.sequencing:
+            self.sequencing = True
+            nursery.start_soon(_run_sequence, self)
+
+    def end(self, task: BackgroundTask, index: int, *, cut: bool = False) -> RawRecord | None:
+        """Record ``task`` (in a final state) once, now; None if it was already."""
+        if task._recorded:  # pyright: ignore[reportPrivateUsage]
+            return None
+        task._recorded = True  # pyright: ignore[reportPrivateUsage]
+        self.ended += 1
+        ended = trio.current_time()
+        deadline = self.scope.deadline
+        overrun: float | None = None
+        if ended > deadline or (task.state is TaskState.COMPLETED and ended >= deadline):
+            overrun = ended - deadline
+            cut = True
+            if task.state is TaskState.COMPLETED:
+                task.reason = (
+                    "returned after the shutdown deadline: it shielded itself from the "
+                    "cancellation, swallowed trio.Cancelled, or blocked the event loop"
+                )
+            logger.warning(
+                "background task %s (%s) ended %s %.3fs after the shutdown deadline, for "
+                "request %s: it shielded itself from the cancellation, swallowed "
+                "trio.Cancelled, or blocked the event loop",
+                task.name,
+                task.id,
+                task.state.value,
+                overrun,
+                self.request,
+            )
+        return self.record(self, task, index, ended, cut, overrun)
+
+    def pending_reason(self) -> str:
+        if trio.current_time() >= self.scope.deadline:
+            return "the shutdown deadline passed before it started"
+        return "the batch was cancelled before it started"
+
+
+async def run_flight(flight: Flight) -> None:
+    """Run every task of ``flight`` and record each one.
 
     Error handling:
-        A task that raises is logged on the ``trio_background`` logger with
-        its name, the request and the traceback, ends ``failed``, and is
-        passed to ``run.error_hook``; then the next task runs, or, with
-        ``on_error="stop"``, the rest are skipped. A failing hook is logged.
+        A task that raises anything but a cancellation is logged on the
+        ``trio_background`` logger with its name, the request and the
+        traceback, ends ``failed``, and is passed to the error hook; then the
+        next task runs, or, with ``on_error="stop"``, the rest of the sequence
+        is skipped. A failing hook is logged.
 
     Cancellation:
-        When ``run.cancel_scope``'s deadline has passed, tasks not started
-        end ``skipped``. ``trio.Cancelled`` from any scope is re-raised after
-        every task of the batch has been recorded.
+        At the flight's deadline tasks not started end ``skipped`` (or are
+        handed off, with ``spill``). ``trio.Cancelled`` from an enclosing
+        scope is re-raised after every task of the batch has been recorded.
     """
-    tasks = batch.tasks
-    emit = run.emit
-    scope = run.cancel_scope
-    index = 0
-    stop_reason: str | None = None
-    # No checkpoint between reading the clock and starting the next task, so
-    # the time a task ended is also the time the next one is judged by.
-    clock = trio.lowlevel.current_clock()
-    now = clock.current_time()
+    batch = flight.batch
+    flight.ready_at = trio.current_time()
+    flight.running = True
     try:
-        while index < len(tasks):
-            task = tasks[index]
-            if task.state is not TaskState.PENDING:
-                # Run by hand (await task()) or discarded before the batch ran.
-                emit(_raw(task, run, index, now), False)
-                index += 1
-                continue
-            if stop_reason is not None:
-                task.skip(stop_reason)
-                emit(_raw(task, run, index, now), False)
-                index += 1
-                continue
-            if now >= scope.deadline:
-                break
-            try:
-                await task.run(limiter=run.limiter)
-            except Exception as exc:
-                now = clock.current_time()
-                raw = _raw(task, run, index, now)
-                index += 1
-                emit(raw, False)
-                record = build_record(raw, run.epoch)
-                logger.error(
-                    "background task %s (%s) failed, for request %s",
-                    task.name,
-                    record.id,
-                    run.request,
-                    exc_info=exc,
-                )
-                if run.on_error == "stop":
-                    stop_reason = f"task {record.id} ({task.name}) failed and on_error='stop'"
-                if run.error_hook is not None:
-                    await _call_hook(run.error_hook, record, exc)
-                    now = clock.current_time()
-            except BaseException:
-                now = clock.current_time()
-                emit(_raw(task, run, index, now), True)
-                index += 1
-                raise
-            else:
-                now = clock.current_time()
-                emit(_raw(task, run, index, now), False)
-                index += 1
+        with flight.scope:
+            async with trio.open_nursery() as nursery:
+                flight.nursery = nursery
+                for index, task in enumerate(batch.tasks):
+                    if task._concurrent:  # pyright: ignore[reportPrivateUsage]
+                        nursery.start_soon(_run_concurrent, flight, task, index)
+                flight.sequencing = True
+                await _run_sequence(flight)
     finally:
-        # Only a cancellation (or an error that is not a task's) leaves the loop
-        # early: whatever is left never started.
-        now = clock.current_time()
-        if now >= scope.deadline:
-            reason = "the shutdown deadline passed before it started"
+        flight.nursery = None
+        await _finish(flight)
+
+
+async def _finish(flight: Flight) -> None:
+    """Record what is left: tasks never started are spilled or skipped."""
+    tasks = flight.batch.tasks
+    reason = flight.pending_reason()
+    backend = flight.policy.backend
+    if flight.policy.spill and backend is not None:
+        durable = [
+            task
+            for task in tasks
+            if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
+        ]
+        if durable:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
+                await hand_off(flight, durable, cut=True)
+    for index, task in enumerate(tasks):
+        if task._skip(reason):  # pyright: ignore[reportPrivateUsage]
+            flight.end(task, index, cut=True)
         else:
-            reason = "the batch was cancelled before it started"
-        while index < len(tasks):
+            flight.end(task, index)
+    flight.batch._close("its batch has finished")  # pyright: ignore[reportPrivateUsage]
+
+
+async def hand_off(flight: Flight, tasks: list[BackgroundTask], *, cut: bool = False) -> bool:
+    """Hand ``tasks`` to the durable backend; record them. False if it failed."""
+    backend = flight.policy.backend
+    if backend is None:  # pragma: no cover - callers check
+        return False
+    try:
+        ids = await backend.hand_off(tasks)
+        if len(ids) != len(tasks):
+            raise RuntimeError(
+                f"the durable backend returned {len(ids)} ids for {len(tasks)} tasks"
+            )
+    except Exception as exc:
+        logger.error(
+            "could not hand off %d background task(s) of request %s to the durable backend",
+            len(tasks),
+            flight.request,
+            exc_info=exc,
+        )
+        return False
+    index_of = {id(task): i for i, task in enumerate(flight.batch.tasks)}
+    for task, engine_id in zip(tasks, ids, strict=True):
+        task._hand_off(engine_id)  # pyright: ignore[reportPrivateUsage]
+        flight.end(task, index_of[id(task)], cut=cut)
+    return True
+
+
+async def _run_sequence(flight: Flight) -> None:
+    tasks = flight.batch.tasks
+    scope = flight.scope
+    try:
+        while flight.next < len(tasks):
+            index = flight.next
             task = tasks[index]
-            task.skip(reason)
-            emit(_raw(task, run, index, now), True)
-            index += 1
-        batch.close("its batch has finished")
+            if task._concurrent:  # pyright: ignore[reportPrivateUsage]
+                flight.next += 1
+                continue
+            if task.state is not TaskState.PENDING:
+                # Run by hand (await task()), discarded or handed off already.
+                flight.next += 1
+                flight.end(task, index)
+                continue
+            if flight.stop_reason is not None:
+                flight.next += 1
+                task._skip(flight.stop_reason)  # pyright: ignore[reportPrivateUsage]
+                flight.end(task, index)
+                continue
+            if trio.current_time() >= scope.deadline:
+                return  # the rest is skipped (or spilled) by _finish
+            flight.next += 1
+            await _run_one(flight, task, index)
+    finally:
+        flight.sequencing = False
+
+
+async def _run_concurrent(flight: Flight, task: BackgroundTask, index: int) -> None:
+    if task.state is not TaskState.PENDING:
+        flight.end(task, index)
+        return
+    await _run_one(flight, task, index)
+
+
+async def _run_one(flight: Flight, task: BackgroundTask, index: int) -> None:
+    if task._durable:  # pyright: ignore[reportPrivateUsage]
+        # Added after the response started (its hand-off came too late for
+        # the 503 promise): hand it off now; if that fails it fails.
+        if not await hand_off(flight, [task]):
+            task.state = TaskState.FAILED
+            task.error = RuntimeError("the durable backend could not store the task")
+            task._release()  # pyright: ignore[reportPrivateUsage]
+            flight.end(task, index)
+        return
+    try:
+        with flight.observers.task_running(task):
+            await task._run(limiter=flight.limiter)  # pyright: ignore[reportPrivateUsage]
+    except BaseException as exc:
+        if task.state is not TaskState.FAILED:
+            flight.end(task, index, cut=True)
+            raise
+        raw = flight.end(task, index)
+        await _failed(flight, task, raw, exc)
+        cancelled = _cancellation_part(exc)
+        if cancelled is not None:
+            raise cancelled from None
+    else:
+        flight.end(task, index)
+
+
+def _cancellation_part(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, BaseExceptionGroup):
+        match, _ = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return match  # pyright: ignore[reportUnknownVariableType]
+    return None
+
+
+async def _failed(
+    flight: Flight, task: BackgroundTask, raw: RawRecord | None, exc: BaseException
+) -> None:
+    error = failure_of(exc) or exc
+    logger.error(
+        "background task %s (%s) failed, for request %s",
+        task.name,
+        task.id,
+        flight.request,
+        exc_info=error,
+    )
+    policy = flight.policy
+    if policy.on_error == "stop":
+        flight.stop_reason = f"task {task.id} ({task.name}) failed and on_error='stop'"
+    hook = policy.error_hook
+    if hook is not None and raw is not None:
+        await _call_hook(hook, build_record(raw, flight.epoch), error)
 
 
 async def _call_hook(hook: ErrorHook, record: TaskRecord, exc: BaseException) -> None:

@@ -26,12 +26,13 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve  # pyright: ignore[reportUnknownVariableType]
 
-from ._middleware import ASGIApp, BackgroundTasksMiddleware
+from ._middleware import BackgroundTasksMiddleware
 from ._supervisor import Mode, check_mode, check_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from ._asgi import ASGIApp
     from ._records import ShutdownReport
 
 __all__ = ["serve"]

@@ -1,10 +1,11 @@
 """The supervisor: every batch of an app, one shutdown deadline, one report.
 
-There is one supervisor per app (the middleware owns it). It hands each batch
-a cancel scope, and shutdown is nothing more than setting one deadline on all
-of those scopes, and on the scopes of batches that start later. The runner
-turns that cancellation into final states; the supervisor counts the records
-and keeps a bounded number of them.
+There is one supervisor per app (the middleware owns it). It knows each batch
+from the moment its request opens it (a :class:`~._runner.Flight` with its own
+cancel scope) until its last task is recorded, and shutdown is nothing more
+than setting one deadline on all of those scopes, and on the scopes of batches
+opened later. The runner turns that cancellation into final states; the
+ledger (``_ledger.py``) counts the records and keeps a bounded number.
 
 State lives per trio run (a ``RunVar``): an app object built at import time
 and used by many ``trio.run`` calls (a test suite) starts each run fresh.
@@ -14,22 +15,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._records import (
-    FINAL_STATES,
-    RawRecord,
-    ShutdownReport,
-    TaskRecord,
-    build_record,
-    raw_record,
-)
-from ._runner import BatchRun, ErrorHook, OnError, run_batch
-from ._tasks import BackgroundTasks, TaskState
+from ._ledger import Ledger
+from ._observe import Observers, TaskObserver
+from ._records import RawRecord, ShutdownReport, TaskRecord, build_record, raw_record
+from ._runner import ErrorHook, Flight, OnError, Policy, run_flight
+from ._tasks import BackgroundTask, BackgroundTasks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._backend import DurableBackend
 
 __all__ = ["Mode", "Snapshot", "Supervisor", "SupervisorStatistics"]
 
@@ -73,12 +73,16 @@ class SupervisorStatistics:
         deadline: The batch deadline (seconds since the supervisor started),
             or None before shutdown.
         counts: Exact number of tasks per final state so far.
+        threads_busy: Sync tasks' threads running now (limiter tokens held).
+        tasks_active: Tasks of open batches that have not ended.
     """
 
     batches_running: int
     shutting_down: bool
     deadline: float | None
     counts: dict[str, int]
+    threads_busy: int = 0
+    tasks_active: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ class Snapshot:
         shutting_down: Whether shutdown has begun.
         deadline_in: Seconds until the batch deadline, or None before shutdown.
         counts: Exact number of tasks per final state so far.
-        active: Live records of the tasks of running batches that have not
+        active: Live records of the tasks of open batches that have not
             ended (``pending`` or ``running``; ``ended_at`` is None): what a
             shutdown now would cut.
         finished: The kept records of finished tasks.
@@ -116,45 +120,19 @@ class _RunState:
     """Everything that changes, for one trio run."""
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self.epoch = trio.current_time()
+        epoch = trio.current_time()
         self.limiter = trio.CapacityLimiter(supervisor.thread_limit)
+        self.ledger = Ledger(epoch, supervisor.keep_records)
         self.next_batch = 1
-        self.in_flight: dict[int, BatchRun] = {}
+        self.flights: dict[int, Flight] = {}
         # Made only when someone waits for idleness: most requests never do.
         self.idle: trio.Event | None = None
-        self.counts_by_state = dict.fromkeys(FINAL_STATES, 0)
-        keep = supervisor.keep_records
-        self.recent: dict[TaskState, deque[RawRecord]] = {
-            state: deque(maxlen=keep) for state in FINAL_STATES
-        }
-        self.cut: list[RawRecord] = []
         self.mode: Mode | None = None
+        self.cause: str | None = None
         self.drain_timeout: float | None = None
         self.shutdown_started_at: float | None = None
         self.deadline = math.inf  # on trio's clock
         self.final: ShutdownReport | None = None
-
-    def emit(self, raw: RawRecord, cut: bool) -> None:
-        state = raw[1]
-        self.counts_by_state[state] += 1
-        if cut or self.shutdown_started_at is not None:
-            self.cut.append(raw)
-        else:
-            self.recent[state].append(raw)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {state.value: n for state, n in self.counts_by_state.items()}
-
-    def kept(self) -> list[RawRecord]:
-        """Every kept raw record, in batch order then task order."""
-        kept = [raw for records in self.recent.values() for raw in records]
-        kept.extend(self.cut)
-        kept.sort(key=lambda raw: (raw[5], raw[6]))
-        return kept
-
-    def since(self, when: float) -> float:
-        return round(when - self.epoch, 6)
 
 
 class Supervisor:
@@ -165,7 +143,7 @@ class Supervisor:
             run until ``drain_timeout``, ``"cancel"`` cuts them at once.
         drain_timeout: Seconds a drain may take before the deadline cuts.
         on_error: ``"continue"`` runs the next task after a failure;
-            ``"stop"`` skips the rest of that batch.
+            ``"stop"`` skips the rest of that batch's sequence.
         error_hook: Called (sync or async) with the :class:`TaskRecord` and the
             exception of each failed task. What it raises is logged.
         thread_limit: How many sync tasks may run in threads at once. The
@@ -173,6 +151,11 @@ class Supervisor:
             the tokens that sync endpoints need.
         keep_records: How many of the most recent records to keep per final
             state, besides every record of a task that shutdown cut.
+        backend: A durable backend (see ``trio_background.streaq``): tasks of
+            the functions it registered are handed off to it.
+        spill: At the drain deadline, hand off the backend's tasks that have
+            not started instead of skipping them.
+        observers: :class:`TaskObserver` instances (metrics, traces).
 
     Raises:
         ValueError: An option is out of range.
@@ -188,24 +171,48 @@ class Supervisor:
         error_hook: ErrorHook | None = None,
         thread_limit: int = DEFAULT_THREAD_LIMIT,
         keep_records: int = DEFAULT_KEEP_RECORDS,
+        backend: DurableBackend | None = None,
+        spill: bool = False,
+        observers: Iterable[TaskObserver] = (),
     ) -> None:
         self.mode: Mode = check_mode(mode)
         self.drain_timeout = check_timeout(drain_timeout)
         if on_error not in ("continue", "stop"):
             raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}")
-        self.on_error: OnError = on_error
         if error_hook is not None and not callable(error_hook):
             raise TypeError(
                 "error_hook must be a function taking (record, exception), got "
                 f"{type(error_hook).__qualname__}"
             )
-        self.error_hook = error_hook
         if not _is_count(thread_limit) or thread_limit < 1:
             raise ValueError(f"thread_limit must be an int >= 1, got {thread_limit!r}")
         self.thread_limit = thread_limit
         if not _is_count(keep_records) or keep_records < 0:
             raise ValueError(f"keep_records must be an int >= 0, got {keep_records!r}")
         self.keep_records = keep_records
+        if backend is not None:
+            missing = [
+                name
+                for name in ("is_durable", "hand_off", "open", "aclose")
+                if not callable(getattr(backend, name, None))
+            ]
+            if missing:
+                raise TypeError(
+                    f"backend must be a durable backend such as "
+                    f"trio_background.streaq.StreaqBackend; {type(backend).__qualname__} has no "
+                    f"{', '.join(missing)}"
+                )
+        if spill and backend is None:
+            raise ValueError("spill=True hands tasks off to a durable backend: pass backend= too")
+        self.on_error: OnError = on_error
+        self.error_hook = error_hook
+        self.backend = backend
+        self.spill = bool(spill)
+        # What the runner reads; made once, since each batch holds it.
+        self.policy = Policy(on_error, error_hook, backend, self.spill)
+        self._observers = Observers()
+        for observer in observers:
+            self._observers.add(observer)
         self._runs: trio.lowlevel.RunVar[_RunState] = trio.lowlevel.RunVar(
             f"trio_background.Supervisor@{id(self):#x}"
         )
@@ -220,6 +227,14 @@ class Supervisor:
             state = _RunState(self)
             self._runs.set(state)
             return state
+
+    def add_observer(self, observer: TaskObserver) -> None:
+        """Register ``observer`` (once; adding it again does nothing).
+
+        Raises:
+            TypeError: ``observer`` is not a :class:`TaskObserver`.
+        """
+        self._observers.add(observer)
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -239,79 +254,126 @@ class Supervisor:
         """
         self._state()
 
+    # -- batches -----------------------------------------------------------
+
+    def _open(
+        self, request: str, policy: Policy | None = None, batch: BackgroundTasks | None = None
+    ) -> Flight:
+        """Open a batch for ``request``: from now on reports and queries see it."""
+        state = self._state()
+        number = state.next_batch
+        state.next_batch += 1
+        flight = Flight(
+            number,
+            request,
+            BackgroundTasks() if batch is None else batch,
+            policy=self.policy if policy is None else policy,
+            limiter=state.limiter,
+            deadline=state.deadline,
+            observers=self._observers,
+            epoch=state.ledger.epoch,
+            record=self._record,
+        )
+        state.flights[number] = flight
+        flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
+        return flight
+
+    def _record(
+        self,
+        flight: Flight,
+        task: BackgroundTask,
+        index: int,
+        ended: float,
+        cut: bool,
+        overrun: float | None,
+    ) -> RawRecord:
+        state = self._state()
+        raw = raw_record(
+            task,
+            flight.request,
+            flight.number,
+            index,
+            ended,
+            ready=flight.ready_at,
+            overrun=overrun,
+        )
+        state.ledger.write(raw, cut=cut)
+        if self._observers:
+            self._observers.task_ended(task, build_record(raw, state.ledger.epoch))
+        return raw
+
+    def _close_flight(self, flight: Flight) -> None:
+        flight.closed = True
+        flight.batch._owner = None  # pyright: ignore[reportPrivateUsage]
+        state = self._state()
+        if state.flights.pop(flight.number, None) is None:
+            return
+        if not state.flights and state.idle is not None:
+            state.idle.set()
+            state.idle = None
+
+    async def _run_flight(self, flight: Flight) -> None:
+        try:
+            await run_flight(flight)
+        finally:
+            self._close_flight(flight)
+
+    def _skip(self, flight: Flight, reason: str) -> None:
+        """Record every task of ``flight`` as ``skipped`` for ``reason``, unrun."""
+        for index, task in enumerate(flight.batch.tasks):
+            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
+            flight.end(task, index)
+        flight.batch._close(f"it was skipped ({reason})")  # pyright: ignore[reportPrivateUsage]
+        self._close_flight(flight)
+
     async def run(self, batch: BackgroundTasks, *, request: str = "-") -> None:
         """Run ``batch`` now, under this supervisor's policy and deadline.
+
+        For batches made outside a request (a request's own batch is run by
+        the middleware).
 
         Args:
             batch: The batch; it is closed when this returns.
             request: The request it came from, for records and logs.
+
+        Raises:
+            RuntimeError: ``batch`` already belongs to a supervisor.
 
         Cancellation:
             At the shutdown deadline the batch is cut (see the runner) and
             this returns normally. A cancellation from an enclosing scope (the
             server's own deadline) is recorded the same way and propagates.
         """
-        state = self._state()
-        number = self._number(batch)
-        scope = trio.CancelScope(deadline=state.deadline)
-        run = BatchRun(
-            number=number,
-            request=request,
-            batch=batch,
-            limiter=state.limiter,
-            on_error=self.on_error,
-            error_hook=self.error_hook,
-            epoch=state.epoch,
-            emit=state.emit,
-            cancel_scope=scope,
-        )
-        state.in_flight[number] = run
-        try:
-            with scope:
-                await run_batch(batch, run)
-        finally:
-            del state.in_flight[number]
-            if not state.in_flight and state.idle is not None:
-                state.idle.set()
-                state.idle = None
+        if batch._number is not None:  # pyright: ignore[reportPrivateUsage]
+            raise RuntimeError(
+                "this batch already belongs to a supervisor (a request's batch is run by the "
+                "middleware): run a new BackgroundTasks() instead"
+            )
+        await self._run_flight(self._open(request, batch=batch))
 
-    def open_batch(self) -> BackgroundTasks:
-        """A new batch, numbered now, so its tasks get ids as they are added."""
-        batch = BackgroundTasks()
-        self._number(batch)
-        return batch
-
-    def _number(self, batch: BackgroundTasks) -> int:
-        number = batch.number
-        if number is None:
-            state = self._state()
-            number = state.next_batch
-            state.next_batch += 1
-            batch.assign_ids(number)
-        return number
-
-    def skip(self, batch: BackgroundTasks, *, request: str = "-", reason: str) -> None:
-        """Record every task of ``batch`` as ``skipped`` for ``reason``, unrun."""
-        state = self._state()
-        number = self._number(batch)
-        now = trio.current_time()
-        for index, task in enumerate(batch.tasks):
-            task.skip(reason)
-            state.emit(raw_record(task, request, number, index, now), False)
-        batch.close(f"it was skipped ({reason})")
+    # -- shutdown ----------------------------------------------------------
 
     def begin_shutdown(
-        self, *, mode: Mode | None = None, drain_timeout: float | None = None
+        self,
+        *,
+        mode: Mode | None = None,
+        drain_timeout: float | None = None,
+        cause: str | None = None,
     ) -> None:
         """Set the batch deadline: now (cancel) or now + drain_timeout (drain).
 
-        Batches running now and batches that start later share the deadline.
+        Batches open now and batches opened later share the deadline.
         Calling again can only bring the deadline closer (a second Ctrl-C
         with ``mode="cancel"`` cuts a drain short).
 
         Args:
             mode: Overrides the supervisor's mode for this shutdown.
             drain_timeout: Overrides the supervisor's drain timeout.
+            cause: What started the shutdown, for the report (``"signal"``...).
+
+        Raises:
+            ValueError: ``mode`` or ``drain_timeout`` is out of range.
+            TypeError: ``drain_timeout`` is not a number.
         """
         mode = self.mode if mode is None else check_mode(mode)
         timeout = self.drain_timeout if drain_timeout is None else check_timeout(drain_timeout)
@@ -320,20 +382,23 @@ class Supervisor:
         deadline = now if mode == "cancel" else now + timeout
         if state.shutdown_started_at is None:
             state.shutdown_started_at = now
+            state.cause = cause
         if deadline >= state.deadline:
             return
         state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
-        for flight in state.in_flight.values():
-            flight.cancel_scope.deadline = min(flight.cancel_scope.deadline, deadline)
+        for flight in state.flights.values():
+            flight.scope.deadline = min(flight.scope.deadline, deadline)
         logger.info(
-            "shutdown: %s (%d batches running; batches that start later share the deadline)",
+            "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"
             if mode == "cancel"
             else f"draining background tasks for up to {timeout:g}s",
-            len(state.in_flight),
+            len(state.flights),
         )
+        if self._observers:
+            self._observers.shutdown_begun(deadline - now)
 
     def time_until_deadline(self) -> float:
         """Seconds until the batch deadline: ``inf`` before shutdown, 0 once passed."""
@@ -341,58 +406,63 @@ class Supervisor:
         return max(0.0, deadline - trio.current_time())
 
     async def wait_idle(self) -> None:
-        """Return once no batch is running (at once if none is)."""
+        """Return once no batch is open (at once if none is).
+
+        A batch is open from its request's first task until its last task is
+        recorded, so this also waits for requests still being handled.
+        """
         state = self._state()
-        while state.in_flight:
+        while state.flights:
             if state.idle is None:
                 state.idle = trio.Event()
             await state.idle.wait()
         await trio.lowlevel.checkpoint()
 
     async def shutdown(
-        self, *, mode: Mode | None = None, drain_timeout: float | None = None
+        self,
+        *,
+        mode: Mode | None = None,
+        drain_timeout: float | None = None,
+        cause: str | None = None,
     ) -> ShutdownReport:
-        """Begin shutdown, wait until every running batch has ended, report.
+        """Begin shutdown, wait until every open batch has ended, report.
 
-        Requests still being handled are not waited for (the server or the
-        test client does that): their batches meet the same deadline.
+        Requests still being handled are not cut here (the server or the test
+        client does that); their batches meet the same deadline.
 
         Returns:
             The final :class:`ShutdownReport` (also logged, see :meth:`close`).
         """
-        self.begin_shutdown(mode=mode, drain_timeout=drain_timeout)
+        self.begin_shutdown(mode=mode, drain_timeout=drain_timeout, cause=cause)
         await self.wait_idle()
         return self.close()
 
     def report(self) -> ShutdownReport:
         """The report as it stands now (counts so far, records kept so far)."""
         state = self._state()
-        by_state: dict[TaskState, list[TaskRecord]] = {s: [] for s in FINAL_STATES}
-        for raw in state.kept():
-            by_state[raw[1]].append(build_record(raw, state.epoch))
-        started = state.shutdown_started_at
-        return ShutdownReport(
+        return state.ledger.report(
             mode=state.mode,
+            cause=state.cause,
             drain_timeout=state.drain_timeout,
-            shutdown_started_at=None if started is None else state.since(started),
-            deadline=None if math.isinf(state.deadline) else state.since(state.deadline),
-            counts=dict(state.counts),
-            completed=tuple(by_state[TaskState.COMPLETED]),
-            failed=tuple(by_state[TaskState.FAILED]),
-            cancelled=tuple(by_state[TaskState.CANCELLED]),
-            skipped=tuple(by_state[TaskState.SKIPPED]),
-            abandoned=tuple(by_state[TaskState.ABANDONED]),
+            shutdown_started_at=state.shutdown_started_at,
+            deadline=state.deadline,
         )
 
-    def close(self) -> ShutdownReport:
+    def close(self, *, cause: str | None = None) -> ShutdownReport:
         """Make the final report and log it, once; later calls return it again.
 
-        The log is one line: the summary at INFO when every task completed,
-        else at WARNING, naming the tasks that did not complete.
+        Args:
+            cause: What ends the supervisor's life, if shutdown was never
+                begun (``"lifespan shutdown"``): said in the report.
+
+        The log is one line: the summary at INFO when every task completed
+        (or was handed off), else at WARNING, naming those that did not.
         """
         state = self._state()
         if state.final is not None:
             return state.final
+        if state.shutdown_started_at is None and state.cause is None:
+            state.cause = cause
         report = state.final = self.report()
         if report.all_completed:
             logger.info("%s", report.summary())
@@ -407,18 +477,21 @@ class Supervisor:
             logger.warning("%s; not completed: %s", report.summary(), named or "(records not kept)")
         return report
 
-    def _live(self, flight: BatchRun, index: int) -> TaskRecord:
+    # -- queries -----------------------------------------------------------
+
+    def _live(self, flight: Flight, index: int) -> TaskRecord:
         state = self._state()
         task = flight.batch.tasks[index]
+        started = task.started_at
         return TaskRecord(
             name=task.name,
             state=task.state,
             error=None,
             reason=None,
             request=flight.request,
-            batch=flight.batch.number or 0,
+            batch=flight.number,
             index=index,
-            started_at=None if task.started_at is None else state.since(task.started_at),
+            started_at=None if started is None else state.ledger.since(started),
             ended_at=None,
             progress=task.progress,
         )
@@ -426,55 +499,93 @@ class Supervisor:
     def task(self, task_id: str) -> TaskRecord | None:
         """What is known of task ``task_id`` (``"<batch>.<index>"``), or None.
 
-        A task of a running batch that has not ended gets a live record
+        A task of an open batch that has not ended gets a live record
         (state, progress); a finished one, its kept record; a finished task
-        whose record was dropped (see ``keep_records``), None.
+        whose record was dropped (see ``keep_records``), or an id that is not
+        of this form, None.
         """
-        state = self._state()
-        batch_text, _, index_text = task_id.partition(".")
-        if not (batch_text.isdigit() and index_text.isdigit()):
+        key = _parse_id(task_id)
+        if key is None:
             return None
-        flight = state.in_flight.get(int(batch_text))
-        index = int(index_text)
+        state = self._state()
+        number, index = key
+        flight = state.flights.get(number)
         if flight is not None and index < len(flight.batch.tasks):
             if not flight.batch.tasks[index].state.is_final:
                 return self._live(flight, index)
-        key = (int(batch_text), index)
-        for raw in state.cut:
-            if (raw[5], raw[6]) == key:
-                return build_record(raw, state.epoch)
-        for records in state.recent.values():
-            for raw in records:
-                if (raw[5], raw[6]) == key:
-                    return build_record(raw, state.epoch)
-        return None
+        return state.ledger.find(number, index)
+
+    def active_page(
+        self, *, after: str | None = None, limit: int = 100
+    ) -> tuple[list[TaskRecord], str | None]:
+        """Live records of unfinished tasks, in id order, after task id ``after``.
+
+        Builds at most ``limit`` records; returns them and the cursor for the
+        next page (None when this page is the last).
+
+        Raises:
+            ValueError: ``after`` is not a task id, or ``limit`` is not >= 1.
+        """
+        if not _is_count(limit) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        start = (0, -1)
+        if after is not None:
+            key = _parse_id(after)
+            if key is None:
+                raise ValueError(f"after must be a task id such as '12.0', got {after!r}")
+            start = key
+        page: list[TaskRecord] = []
+        for number, flight in self._state().flights.items():
+            if number < start[0]:
+                continue
+            for index, task in enumerate(flight.batch.tasks):
+                if (number, index) <= start or task.state.is_final:
+                    continue
+                if len(page) == limit:
+                    last = page[-1]
+                    return page, last.id
+                page.append(self._live(flight, index))
+        return page, None
 
     def snapshot(self) -> Snapshot:
-        """Live records of running batches' unfinished tasks, and the kept finished ones."""
+        """Live records of open batches' unfinished tasks, and the kept finished ones."""
         state = self._state()
         active = [
             self._live(flight, index)
-            for flight in state.in_flight.values()
+            for flight in state.flights.values()
             for index, task in enumerate(flight.batch.tasks)
             if not task.state.is_final
         ]
-        active.sort(key=lambda r: (r.batch, r.index))
-        finished = [build_record(raw, state.epoch) for raw in state.kept()]
         deadline = state.deadline
         return Snapshot(
             shutting_down=state.shutdown_started_at is not None,
             deadline_in=None if math.isinf(deadline) else max(0.0, deadline - trio.current_time()),
-            counts=dict(state.counts),
+            counts=state.ledger.counts,
             active=tuple(active),
-            finished=tuple(finished),
+            finished=tuple(state.ledger.kept()),
         )
 
     def statistics(self) -> SupervisorStatistics:
         """Counts and in-flight work, cheaply, for monitoring."""
         state = self._state()
         return SupervisorStatistics(
-            batches_running=len(state.in_flight),
+            batches_running=len(state.flights),
             shutting_down=state.shutdown_started_at is not None,
-            deadline=None if math.isinf(state.deadline) else state.since(state.deadline),
-            counts=dict(state.counts),
+            deadline=None if math.isinf(state.deadline) else state.ledger.since(state.deadline),
+            counts=state.ledger.counts,
+            threads_busy=state.limiter.borrowed_tokens,
+            tasks_active=sum(len(f.batch.tasks) - f.ended for f in state.flights.values()),
         )
+
+
+def _parse_id(task_id: str) -> tuple[int, int] | None:
+    batch_text, _, index_text = task_id.partition(".")
+    # isdecimal() alone admits other scripts' digits ("²" is not, "٣" is): ASCII only,
+    # and short, so a hostile id costs nothing.
+    if not (0 < len(batch_text) <= 18 and 0 < len(index_text) <= 18):
+        return None
+    if not (batch_text.isascii() and batch_text.isdigit()):
+        return None
+    if not (index_text.isascii() and index_text.isdigit()):
+        return None
+    return int(batch_text), int(index_text)

@@ -7,8 +7,9 @@ would fail for a reason visible at ``add_task`` time raises ``TypeError``
 there, where the mistake is.
 
 This module knows how to run *one* task (async in the calling task, sync in a
-worker thread). Running a batch under a policy, with records and deadlines, is
-the runner's job (``_runner.py``).
+worker thread through ``_threads.py``) and is the one place that decides a
+task's final state. Running a batch under a policy, with records and
+deadlines, is the runner's job (``_runner.py``).
 """
 
 from __future__ import annotations
@@ -16,21 +17,19 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import math
 import sys
-import threading
-from contextlib import contextmanager
+from contextvars import ContextVar
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 import trio
-import trio.testing
 
 from ._progress import Progress, current_task
+from ._threads import ThreadOutcome, run_in_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterable
+    from collections.abc import Callable, Iterable
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -39,13 +38,13 @@ P = ParamSpec("P")
 
 _GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 
-__all__ = ["BackgroundTask", "BackgroundTasks", "TaskState"]
+__all__ = ["BackgroundTask", "BackgroundTasks", "TaskState", "adopting", "failure_of"]
 
 
 class TaskState(str, enum.Enum):
     """Where a background task is in its life.
 
-    A task starts ``pending`` and ends in exactly one of the five final
+    A task starts ``pending`` and ends in exactly one of the six final
     states. Each value is the lower-case string of its name.
     """
 
@@ -56,13 +55,14 @@ class TaskState(str, enum.Enum):
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
     ABANDONED = "abandoned"
+    HANDED_OFF = "handed_off"
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def is_final(self) -> bool:
-        """True for the five states a task ends in."""
+        """True for the six states a task ends in."""
         return self not in (TaskState.PENDING, TaskState.RUNNING)
 
 
@@ -132,6 +132,54 @@ def _check_task_function(func: object) -> None:
         )
 
 
+def _released(*args: object, **kwargs: object) -> None:
+    raise RuntimeError(
+        "this background task has ended and let go of its function and arguments; "
+        "a task runs once: add it again to run it again"
+    )
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return rest is None
+    return False
+
+
+def failure_of(exc: BaseException) -> BaseException | None:
+    """The part of ``exc`` that is the task's own failure, or None for a pure cancellation.
+
+    An exception group is split: its ``trio.Cancelled`` part belongs to
+    whoever cancelled, the rest (a group, or the one exception) is the failure.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return None
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        return rest  # pyright: ignore[reportUnknownVariableType]
+    return exc
+
+
+class _Adopter(Protocol):
+    """The request being handled, which takes tasks run as ``background=``."""
+
+    def adopt(self, task: BackgroundTask) -> bool: ...
+
+    def owns(self, batch: BackgroundTasks) -> bool: ...
+
+
+# Set by the middleware while the app handles a request (see BackgroundTask.__call__).
+adopting: ContextVar[_Adopter | None] = ContextVar("trio_background_request", default=None)
+
+
+class _Owner(Protocol):
+    """What a supervised batch tells about its tasks (the supervisor's flight)."""
+
+    def added(self, task: BackgroundTask) -> None: ...
+
+
 class BackgroundTask:
     """One background call: a function and the arguments to call it with.
 
@@ -147,9 +195,9 @@ class BackgroundTask:
             (async) generator function.
 
     Attributes:
-        func: The callable.
-        args: Its positional arguments.
-        kwargs: Its keyword arguments.
+        func: The callable (released when the task ends).
+        args: Its positional arguments (released when the task ends).
+        kwargs: Its keyword arguments (released when the task ends).
         name: The function's qualified name, for logs and reports.
         is_async: Whether the task is awaited (True) or run in a thread.
         state: The :class:`TaskState`.
@@ -159,10 +207,20 @@ class BackgroundTask:
             (at ``add_task`` in a request, else when its batch starts), or None.
         progress: The last :class:`Progress` the task reported, or None.
         started_at: When it started, on trio's clock, or None.
+        engine_id: The durable engine's id of a handed-off task, or None.
+
+    Memory:
+        When the task ends (whatever its state) it lets go of ``func``,
+        ``args`` and ``kwargs``, so a large argument is freed while the rest
+        of its batch runs.
     """
 
     __slots__ = (
+        "_concurrent",
+        "_durable",
+        "_recorded",
         "args",
+        "engine_id",
         "error",
         "func",
         "id",
@@ -196,6 +254,10 @@ class BackgroundTask:
         self.id: str | None = None
         self.progress: Progress | None = None
         self.started_at: float | None = None
+        self.engine_id: str | None = None
+        self._concurrent = False
+        self._durable = False
+        self._recorded = False
 
     def __repr__(self) -> str:
         return f"<BackgroundTask {self.name} {self.state.value}>"
@@ -203,26 +265,22 @@ class BackgroundTask:
     async def __call__(self) -> None:
         """Run the task now, in this task, and re-raise what it raises.
 
-        This is the Starlette protocol (``await task()``). Inside the
-        middleware tasks are run by the runner instead, which logs failures
-        and never lets them out.
+        This is the Starlette protocol (``await task()``). In a request served
+        through the middleware, a task awaited after the response is complete
+        (Starlette's ``Response(background=task)``) joins the request's batch
+        instead, and runs under the supervisor like one added with ``add_task``.
 
         Raises:
             RuntimeError: The task already ran.
-            Exception: Whatever the function raised (the task ends ``failed``).
+            BaseException: Whatever the function raised (the task ends ``failed``).
         """
-        await self.run(limiter=None)
+        adopter = adopting.get()
+        if adopter is not None and adopter.adopt(self):
+            return
+        await self._run(limiter=None)
 
-    async def run(self, *, limiter: trio.CapacityLimiter | None) -> None:
-        """Run the task once and set its final state.
-
-        Args:
-            limiter: The limiter for a sync task's thread; None means trio's
-                default limiter.
-
-        Raises:
-            RuntimeError: The task is not pending (a task runs once).
-            Exception: Whatever the task raised; the state is ``failed``.
+    async def _run(self, *, limiter: trio.CapacityLimiter | None) -> None:
+        """Run the task once and set its final state; re-raise what it raised.
 
         Cancellation:
             An async task that is cancelled ends ``cancelled``. A sync task
@@ -240,7 +298,7 @@ class BackgroundTask:
         token = current_task.set(self)
         try:
             if self.is_async:
-                await self._run_async()
+                await self.func(*self.args, **self.kwargs)  # type: ignore[misc]  # is_async says so
             else:
                 await self._run_sync(limiter)
         except BaseException as exc:
@@ -249,28 +307,30 @@ class BackgroundTask:
             raise
         finally:
             current_task.reset(token)
+            self._release()
         self.state = TaskState.COMPLETED
 
-    async def _run_async(self) -> None:
-        result = self.func(*self.args, **self.kwargs)
-        await result  # type: ignore[misc]  # is_async says it is awaitable
-
     async def _run_sync(self, limiter: trio.CapacityLimiter | None) -> None:
-        gate = _ThreadGate(self)
-        with _autojump_held():
-            try:
-                await trio.to_thread.run_sync(gate.call, abandon_on_cancel=True, limiter=limiter)
-            except trio.Cancelled:
-                if gate.withdraw():
-                    self.state = TaskState.ABANDONED
-                    self.reason = (
-                        "cancelled while its thread was running; the thread was left to "
-                        "finish on its own"
-                    )
-                else:
-                    self.state = TaskState.SKIPPED
-                    self.reason = "cancelled before its thread started"
-                raise
+        outcome = ThreadOutcome()
+        try:
+            await run_in_thread(
+                self.func, self.args, self.kwargs, name=self.name, limiter=limiter, outcome=outcome
+            )
+        except trio.Cancelled:
+            if outcome.started_at is not None:
+                self.state = TaskState.ABANDONED
+                self.reason = (
+                    "cancelled while its thread was running; the thread was left to "
+                    "finish on its own"
+                )
+            else:
+                self.started_at = None
+                self.state = TaskState.SKIPPED
+                self.reason = "cancelled before its thread started"
+            raise
+        finally:
+            if outcome.started_at is not None:
+                self.started_at = outcome.started_at
 
     def _settle(self, exc: BaseException) -> None:
         """Set the final state for a run that ended with ``exc``."""
@@ -279,103 +339,40 @@ class BackgroundTask:
             self.reason = "cancelled while running"
         else:
             self.state = TaskState.FAILED
-            self.error = exc
+            self.error = failure_of(exc)
 
-    def skip(self, reason: str) -> None:
-        """Mark a pending task ``skipped`` (it will never run) and say why."""
-        if self.state is TaskState.PENDING:
-            self.state = TaskState.SKIPPED
-            self.reason = reason
+    def _release(self) -> None:
+        self.func = _released
+        self.args = ()
+        self.kwargs = {}
 
+    def _skip(self, reason: str) -> bool:
+        """Mark a pending task ``skipped`` (it will never run); False if it was not pending.
 
-class _ThreadGate:
-    """Runs a sync task in its thread, unless trio already gave up on it.
-
-    When the thread is abandoned before the function started (cancelled while
-    waiting for a limiter token or for the thread to pick it up), the function
-    must not start later behind trio's back: the lock makes "started" and
-    "abandoned" exclusive, so the task's final state is true.
-    """
-
-    __slots__ = ("_lock", "_started", "_task", "_withdrawn")
-
-    def __init__(self, task: BackgroundTask) -> None:
-        self._task = task
-        self._lock = threading.Lock()
-        self._started = False
-        self._withdrawn = False
-
-    def call(self) -> None:
-        with self._lock:
-            if self._withdrawn:
-                return
-            self._started = True
-        task = self._task
-        result = task.func(*task.args, **task.kwargs)
-        if inspect.isawaitable(result):
-            if inspect.iscoroutine(result):
-                result.close()
-            raise TypeError(
-                f"background task {task.name} is a sync function that returned an awaitable "
-                f"({type(result).__qualname__}), which would never run; pass the async "
-                "function itself to add_task() (add_task(func, arg) rather than "
-                "add_task(lambda: func(arg)))"
-            )
-
-    def withdraw(self) -> bool:
-        """Give up on the call; return True if the function had started."""
-        with self._lock:
-            self._withdrawn = True
-            return self._started
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
+        The one place a task is skipped: every path that gives up on a task
+        before it ran comes here with its reason.
+        """
+        if self.state is not TaskState.PENDING:
+            return False
+        self.state = TaskState.SKIPPED
+        self.reason = reason
+        self._release()
         return True
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-        return rest is None
-    return False
 
-
-# Under trio.testing.MockClock with autojump, the clock jumps whenever every
-# trio task is blocked, and a task waiting for a worker thread counts as
-# blocked. A sync background task doing two real seconds of work would then
-# see a 30 s drain deadline fire at once. While any task's thread runs we hold
-# the autojump (virtual time stands still: a thread's work takes no virtual
-# time) and give it back when the last thread returns.
-_AUTOJUMP_HOLD: trio.lowlevel.RunVar[list[float]] = trio.lowlevel.RunVar("trio_background_autojump")
-
-
-@contextmanager
-def _autojump_held() -> Generator[None, None, None]:
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock):
-        yield
-        return
-    try:
-        hold = _AUTOJUMP_HOLD.get()
-    except LookupError:
-        hold = [0, math.inf]  # [threads running, saved threshold]
-        _AUTOJUMP_HOLD.set(hold)
-    if hold[0] == 0:
-        hold[1] = clock.autojump_threshold
-        clock.autojump_threshold = math.inf
-    hold[0] += 1
-    try:
-        yield
-    finally:
-        hold[0] -= 1
-        if hold[0] == 0:
-            clock.autojump_threshold = hold[1]
+    def _hand_off(self, engine_id: str) -> None:
+        self.state = TaskState.HANDED_OFF
+        self.engine_id = engine_id
+        self._release()
 
 
 class BackgroundTasks:
     """An ordered batch of background tasks.
 
     In a request served through :class:`BackgroundTasksMiddleware`, the batch
-    runs after the response is complete, one task after another in the order
-    added. The same object works standalone: ``await tasks()`` runs it now.
+    runs after the response is complete, in a nursery inside the request's
+    own task: the tasks of :meth:`add_task` one after another in the order
+    added, those of :meth:`start_soon` beside them. The same object works
+    standalone: ``await tasks()`` runs it now.
 
     Args:
         tasks: Tasks to start the batch with.
@@ -384,7 +381,7 @@ class BackgroundTasks:
         TypeError: An item of ``tasks`` is not a :class:`BackgroundTask`.
     """
 
-    __slots__ = ("_closed", "number", "tasks")
+    __slots__ = ("_closed", "_number", "_owner", "tasks")
 
     def __init__(self, tasks: Iterable[BackgroundTask] | None = None) -> None:
         self.tasks: list[BackgroundTask] = list(tasks) if tasks else []
@@ -397,16 +394,11 @@ class BackgroundTasks:
                 )
         self._closed: str | None = None
         # Set by the supervisor that owns the batch; task ids derive from it.
-        self.number: int | None = None
+        self._number: int | None = None
+        self._owner: _Owner | None = None
 
     def __repr__(self) -> str:
         return f"<BackgroundTasks {len(self.tasks)} tasks>"
-
-    def assign_ids(self, number: int) -> None:
-        """Number the batch and give its tasks (and later ones) their ids."""
-        self.number = number
-        for index, task in enumerate(self.tasks):
-            task.id = f"{number}.{index}"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -414,7 +406,7 @@ class BackgroundTasks:
     def add_task(
         self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
     ) -> BackgroundTask:
-        """Add ``func(*args, **kwargs)`` to run after the response.
+        """Add ``func(*args, **kwargs)`` to run after the response, in order.
 
         A task added while the batch runs (for example by one of its own
         tasks) runs after the tasks already in it.
@@ -428,6 +420,35 @@ class BackgroundTasks:
             RuntimeError: The batch has already finished running, so the task
                 would never run.
         """
+        self._check_open(func)
+        task = BackgroundTask(func, *args, **kwargs)
+        self._append(task)
+        return task
+
+    def start_soon(
+        self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
+    ) -> BackgroundTask:
+        """Add ``func(*args, **kwargs)`` to run after the response, concurrently.
+
+        The task starts when the batch starts (at once if it is running),
+        beside the :meth:`add_task` sequence, in the same nursery and under
+        the same deadline, records and error handling. Standalone
+        (``await tasks()``) it runs concurrently with the sequence too.
+
+        Returns:
+            The :class:`BackgroundTask` created.
+
+        Raises:
+            TypeError: As :meth:`add_task`.
+            RuntimeError: As :meth:`add_task`.
+        """
+        self._check_open(func)
+        task = BackgroundTask(func, *args, **kwargs)
+        task._concurrent = True  # pyright: ignore[reportPrivateUsage]
+        self._append(task)
+        return task
+
+    def _check_open(self, func: object) -> None:
         if self._closed is not None:
             name = _describe(func)
             if inspect.iscoroutine(func):
@@ -437,47 +458,81 @@ class BackgroundTasks:
                 "add tasks while the request is being handled, or from a task of the batch "
                 "while it runs"
             )
-        task = BackgroundTask(func, *args, **kwargs)
-        if self.number is not None:
-            task.id = f"{self.number}.{len(self.tasks)}"
+
+    def _append(self, task: BackgroundTask) -> None:
+        if self._number is not None:
+            task.id = f"{self._number}.{len(self.tasks)}"
         self.tasks.append(task)
-        return task
+        if self._owner is not None:
+            self._owner.added(task)
+
+    def _attach(self, number: int, owner: _Owner | None) -> None:
+        """Number the batch, give its tasks (and later ones) their ids, and its owner."""
+        self._number = number
+        self._owner = owner
+        for index, task in enumerate(self.tasks):
+            task.id = f"{number}.{index}"
+            if owner is not None:
+                owner.added(task)
 
     async def __call__(self) -> None:
-        """Run the pending tasks now, in order (the Starlette protocol).
+        """Run the pending tasks now (the Starlette protocol).
+
+        The :meth:`add_task` tasks run in order, the :meth:`start_soon` ones
+        beside them. In a request served through the middleware, a batch
+        awaited after the response is complete (Starlette's
+        ``Response(background=tasks)``) joins the request's batch instead.
 
         Raises:
-            Exception: The first exception a task raised; the tasks after it
-                end ``skipped`` and the batch is finished.
+            BaseException: The first exception a task raised (in an
+                exception group when the batch has :meth:`start_soon` tasks);
+                the tasks after it end ``skipped`` and the batch is finished.
         """
+        adopter = adopting.get()
+        if adopter is not None:
+            if adopter.owns(self):
+                return  # the request's own batch: the middleware runs it
+            if self._closed is None and all(
+                adopter.adopt(task) for task in self.tasks if task.state is TaskState.PENDING
+            ):
+                self._close("its tasks joined the request's batch")
+                return
         index = 0
         try:
-            while index < len(self.tasks):
-                task = self.tasks[index]
-                index += 1
-                if task.state is TaskState.PENDING:
-                    await task.run(limiter=None)
+            if any(task._concurrent for task in self.tasks):  # pyright: ignore[reportPrivateUsage]
+                # Errors of concurrent tasks come out as an exception group.
+                async with trio.open_nursery() as nursery:
+                    while index < len(self.tasks):
+                        task = self.tasks[index]
+                        index += 1
+                        if task.state is not TaskState.PENDING:
+                            continue
+                        if task._concurrent:  # pyright: ignore[reportPrivateUsage]
+                            nursery.start_soon(functools.partial(task._run, limiter=None))  # pyright: ignore[reportPrivateUsage]
+                        else:
+                            await task._run(limiter=None)  # pyright: ignore[reportPrivateUsage]
+            else:
+                while index < len(self.tasks):
+                    task = self.tasks[index]
+                    index += 1
+                    if task.state is TaskState.PENDING:
+                        await task._run(limiter=None)  # pyright: ignore[reportPrivateUsage]
         finally:
             for task in self.tasks[index:]:
-                task.skip("an earlier task of the batch raised")
-            self.close("it has already run")
+                task._skip("an earlier task of the batch raised")  # pyright: ignore[reportPrivateUsage]
+            self._close("it has already run")
 
-    def close(self, why: str) -> None:
+    def _close(self, why: str) -> None:
         """Refuse further tasks; ``why`` completes "cannot add ...: <why>"."""
         if self._closed is None:
             self._closed = why
 
-    @property
-    def closed(self) -> bool:
-        """Whether the batch still accepts tasks."""
-        return self._closed is not None
-
-    def discard(self, reason: str) -> None:
+    def _discard(self, reason: str) -> None:
         """Skip every pending task with ``reason`` and close the batch.
 
         The FastAPI dependency calls this when the handler raises, so that, as
         in FastAPI, tasks added by a failed handler do not run.
         """
         for task in self.tasks:
-            task.skip(reason)
-        self.close(f"it was discarded ({reason})")
+            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
+        self._close(f"it was discarded ({reason})")

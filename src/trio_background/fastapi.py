@@ -16,7 +16,8 @@ Swap one import and keep the handler as it was::
 
 ``BackgroundTasks`` here is ``Annotated[trio_background.BackgroundTasks,
 Depends(...)]``: the handler gets the request's batch, which the middleware
-runs after the response. As in FastAPI, tasks added by a handler that raises
+runs after the response, before the request's ``yield`` dependencies close
+(as in FastAPI >= 0.118). As in FastAPI, tasks added by a handler that raises
 (``HTTPException`` included) do not run: they end ``skipped``.
 """
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection  # noqa: TC002 - FastAPI reads it at runtime
 
-from ._middleware import from_scope
+from ._middleware import exchange_from_scope
 from ._tasks import BackgroundTasks as _BackgroundTasks
 
 if TYPE_CHECKING:
@@ -35,10 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BackgroundTasks", "get_background_tasks"]
 
-# FastAPI opens these exit stacks around each endpoint call (the first around
-# the call alone, since FastAPI 0.118; the second also around sending the
-# response). An exit callback there sees what the handler raised.
-_ENDPOINT_STACKS = ("fastapi_function_astack", "fastapi_inner_astack")
+# FastAPI (>= 0.118) opens these exit stacks around each request: the first
+# around the endpoint call alone, the second also around sending the response,
+# holding the request's yield dependencies.
+_FUNCTION_STACK = "fastapi_function_astack"
+_REQUEST_STACK = "fastapi_inner_astack"
 
 
 class _DiscardOnError:
@@ -56,7 +58,7 @@ class _DiscardOnError:
         traceback: TracebackType | None,
     ) -> bool:
         if exc_type is not None:
-            self._batch.discard(f"the handler raised {exc_type.__qualname__}")
+            self._batch._discard(f"the handler raised {exc_type.__qualname__}")  # pyright: ignore[reportPrivateUsage]
         return False
 
 
@@ -64,21 +66,25 @@ async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
     """FastAPI dependency: the request's batch.
 
     A plain ``async def`` (no thread hop, and no generator dependency, whose
-    exit stack costs more than the rest of the library per request). To
-    skip the tasks of a handler that raises, it leaves a callback on the exit
-    stack FastAPI already keeps around the endpoint call.
+    exit stack costs more than the rest of the library per request). It asks
+    the middleware to run the batch from the request's exit stack, so that
+    tasks see the request's ``yield`` dependencies still open, as in FastAPI;
+    and, to skip the tasks of a handler that raises, it leaves a callback on
+    the exit stack FastAPI keeps around the endpoint call.
 
     Raises:
         RuntimeError: BackgroundTasksMiddleware is not installed (the message
             says how to install it).
     """
     scope = connection.scope
-    batch = from_scope(scope)
-    for key in _ENDPOINT_STACKS:
-        stack = scope.get(key)
-        if stack is not None:
-            stack.push(_DiscardOnError(batch))
-            break
+    exchange = exchange_from_scope(scope)
+    batch = exchange.batch
+    request_stack = scope.get(_REQUEST_STACK)
+    if request_stack is not None:
+        exchange.defer_to(request_stack)
+    function_stack = scope.get(_FUNCTION_STACK)
+    if function_stack is not None:
+        function_stack.push(_DiscardOnError(batch))
     return batch
 
 

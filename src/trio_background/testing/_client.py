@@ -21,7 +21,8 @@ import trio
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
 
-from .._middleware import ASGIApp, BackgroundTasksMiddleware, Message
+from .._asgi import ASGIApp, Message
+from .._middleware import BackgroundTasksMiddleware
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, MutableMapping

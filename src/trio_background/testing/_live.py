@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 import trio
 from hypercorn.config import Config
 
-from .._middleware import ASGIApp, BackgroundTasksMiddleware
+from .._middleware import BackgroundTasksMiddleware
 from .._serve import serve
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
+    from .._asgi import ASGIApp
     from .._records import ShutdownReport
     from .._supervisor import Mode, Supervisor
 

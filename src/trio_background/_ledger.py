@@ -1,0 +1,106 @@
+"""The ledger: exact counts of every ended task, and a bounded set of records.
+
+Every task that ends is written here once, as a raw record. Counts per final
+state are exact forever; records are kept in two stores: every task that
+shutdown *cut* (cancelled, abandoned, skipped by the deadline, or overran it),
+which is bounded by the work in flight when shutdown came, and the most
+recent ``keep`` others per final state. So memory stays flat on a server that
+runs for months, and during a drain that runs a thousand tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ._records import FINAL_STATES, RawRecord, ShutdownReport, TaskRecord, build_record
+from ._tasks import TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """Counts and kept records of one supervisor's trio run.
+
+    Args:
+        epoch: Trio clock time that record times count from.
+        keep: Recent records kept per final state (besides cut ones).
+    """
+
+    __slots__ = ("_counts", "_cut", "_recent", "epoch")
+
+    def __init__(self, epoch: float, keep: int) -> None:
+        self.epoch = epoch
+        self._counts = dict.fromkeys(FINAL_STATES, 0)
+        self._recent: dict[TaskState, deque[RawRecord]] = {
+            state: deque(maxlen=keep) for state in FINAL_STATES
+        }
+        self._cut: list[RawRecord] = []
+
+    def write(self, raw: RawRecord, *, cut: bool) -> None:
+        """Count ``raw``; keep it for good if shutdown ``cut`` the task."""
+        self._counts[raw.state] += 1
+        if cut:
+            self._cut.append(raw)
+        else:
+            self._recent[raw.state].append(raw)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Exact number of ended tasks per final state (keys: the state values)."""
+        return {state.value: n for state, n in self._counts.items()}
+
+    def _kept(self) -> Iterator[RawRecord]:
+        for records in self._recent.values():
+            yield from records
+        yield from self._cut
+
+    def kept(self) -> list[TaskRecord]:
+        """Every kept record, in batch order then task order."""
+        raws = sorted(self._kept(), key=lambda raw: (raw.batch, raw.task_index))
+        return [build_record(raw, self.epoch) for raw in raws]
+
+    def find(self, batch: int, index: int) -> TaskRecord | None:
+        """The kept record of task ``batch.index``, or None."""
+        for raw in self._kept():
+            if raw.batch == batch and raw.task_index == index:
+                return build_record(raw, self.epoch)
+        return None
+
+    def since(self, when: float) -> float:
+        """``when`` (trio's clock) as seconds since the epoch."""
+        return round(when - self.epoch, 6)
+
+    def report(
+        self,
+        *,
+        mode: str | None,
+        cause: str | None,
+        drain_timeout: float | None,
+        shutdown_started_at: float | None,
+        deadline: float,
+    ) -> ShutdownReport:
+        """The report of everything written so far."""
+        by_state: dict[TaskState, list[TaskRecord]] = {s: [] for s in FINAL_STATES}
+        for record in self.kept():
+            by_state[record.state].append(record)
+        return ShutdownReport(
+            mode=mode,
+            cause=cause,
+            drain_timeout=drain_timeout,
+            shutdown_started_at=(
+                None if shutdown_started_at is None else self.since(shutdown_started_at)
+            ),
+            deadline=None if math.isinf(deadline) else self.since(deadline),
+            counts=self.counts,
+            completed=tuple(by_state[TaskState.COMPLETED]),
+            failed=tuple(by_state[TaskState.FAILED]),
+            cancelled=tuple(by_state[TaskState.CANCELLED]),
+            skipped=tuple(by_state[TaskState.SKIPPED]),
+            abandoned=tuple(by_state[TaskState.ABANDONED]),
+            handed_off=tuple(by_state[TaskState.HANDED_OFF]),
+        )
