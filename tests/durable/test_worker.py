@@ -77,13 +77,13 @@ async def test_a_worker_runs_handed_off_tasks_and_drains_on_sigterm(
     report = json.loads(report_path.read_text())
     assert (report["mode"], report["drain_timeout"]) == ("drain", 20)
     assert report["counts"]["completed"] == report["total"] == 3
-    assert sorted((r["name"], r["request"]) for r in report["completed"]) == sorted(
-        (f"tests.durable.durable_app.{f}", f"streaq {i}")
+    assert sorted((r["name"], r["engine_id"]) for r in report["completed"]) == sorted(
+        (f"tests.durable.durable_app.{f}", i)
         for f, i in zip(["mark", "mark_sync", "take_a_second"], ids, strict=True)
     )
     assert re.search(
         r"INFO trio_background\.streaq: streaq worker \w+: background tasks \(drain, timeout "
-        r"20s\): 3 total: 3 completed, 0 failed",
+        r"20s, on signal\): 3 total: 3 completed, 0 failed",
         worker.output,
     ), worker.output
 
@@ -115,16 +115,18 @@ async def test_a_task_cut_by_the_drain_deadline_goes_back_to_the_queue(
     report = json.loads(report_path.read_text())
     assert report["counts"]["cancelled"] == report["total"] == 1
     [cut] = report["cancelled"]
-    assert (cut["name"], cut["request"]) == (
+    assert (cut["name"], cut["engine_id"], cut["request"]) == (
         "tests.durable.durable_app.hang_once",
-        f"streaq {task_id}",
+        task_id,
+        f"streaq queue {client.queue_name}",
     )
     assert cut["reason"] == (
         "cut by the drain deadline; streaQ puts it back in the queue for another worker"
     )
     assert re.search(
         r"WARNING trio_background\.streaq: streaq worker \w+: background tasks \(drain, "
-        r"timeout 0\.5s\): 1 total: .*; not completed: tests\.durable\.durable_app\.hang_once "
+        r"timeout 0\.5s, on signal\): 1 total: .*; not completed: "
+        r"tests\.durable\.durable_app\.hang_once "
         rf"{task_id} \(cancelled\)",
         first.output,
     ), first.output
@@ -155,11 +157,11 @@ async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_d
     await stop(first)  # the thread never returns: abandoned, the process exits anyway
     report = json.loads(report_path.read_text())
     assert (report["counts"]["failed"], report["counts"]["abandoned"]) == (1, 1)
-    assert [(r["request"], r["error"]) for r in report["failed"]] == [
-        (f"streaq {slow_id}", "TimeoutError: the task's timeout expired")
+    assert [(r["engine_id"], r["error"]) for r in report["failed"]] == [
+        (slow_id, "TimeoutError: the task's timeout expired")
     ]
     [abandoned] = report["abandoned"]
-    assert abandoned["request"] == f"streaq {stuck_id}"
+    assert abandoned["engine_id"] == stuck_id
     assert abandoned["reason"].startswith("its thread was still running at the drain deadline")
     second = await start_worker(spawn)
     with trio.fail_after(30):

@@ -48,6 +48,7 @@ class _Recorder:
 
     def __init__(self, backend: StreaqBackend, drain_timeout: float) -> None:
         self._is_async = {d.name: d.is_async for d in backend.functions}
+        self._request = f"streaq queue {backend.queue_name}"
         self._drain_timeout = drain_timeout
         self._epoch = trio.current_time()
         self._counts = {state.value: 0 for state in FINAL_STATES}
@@ -145,6 +146,11 @@ class _Recorder:
         error: BaseException | None = None,
         reason: str | None = None,
     ) -> None:
+        ended = trio.current_time()
+        shutdown = self._shutdown_at
+        overrun = None
+        if shutdown is not None and ended > shutdown + self._drain_timeout:
+            overrun = round(ended - shutdown - self._drain_timeout, 6)
         text = None
         if error is not None:
             message = str(error)
@@ -154,11 +160,13 @@ class _Recorder:
             state=state,
             error=text,
             reason=reason,
-            request=f"streaq {task_id}",
+            request=self._request,
             batch=number,
             index=0,
             started_at=round(started - self._epoch, 6),
-            ended_at=round(trio.current_time() - self._epoch, 6),
+            ended_at=round(ended - self._epoch, 6),
+            overrun=overrun,
+            engine_id=task_id,
         )
         self._counts[state.value] += 1
         if state in self._done:
@@ -174,6 +182,7 @@ class _Recorder:
 
         return ShutdownReport(
             mode=None if shutdown is None else "drain",
+            cause=None if shutdown is None else "signal",
             drain_timeout=self._drain_timeout,
             shutdown_started_at=None if shutdown is None else round(shutdown - self._epoch, 6),
             deadline=None
@@ -208,8 +217,7 @@ def log_report(report: ShutdownReport, worker_id: str) -> None:
         return
     missed = report.not_completed
     named = ", ".join(
-        f"{r.name} {r.request.removeprefix('streaq ')} ({r.state.value})"
-        for r in missed[:_MAX_NAMED_IN_LOG]
+        f"{r.name} {r.engine_id} ({r.state.value})" for r in missed[:_MAX_NAMED_IN_LOG]
     )
     if len(missed) > _MAX_NAMED_IN_LOG:
         named += f", and {len(missed) - _MAX_NAMED_IN_LOG} more"
