@@ -158,7 +158,7 @@ async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_d
     report = json.loads(report_path.read_text())
     assert (report["counts"]["failed"], report["counts"]["abandoned"]) == (1, 1)
     assert [(r["engine_id"], r["error"]) for r in report["failed"]] == [
-        (slow_id, "TimeoutError: the task's timeout expired")
+        (slow_id, "TimeoutError: its timeout expired (or it was aborted)")
     ]
     [abandoned] = report["abandoned"]
     assert abandoned["engine_id"] == stuck_id

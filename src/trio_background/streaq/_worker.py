@@ -40,6 +40,9 @@ __all__ = ["DEFAULT_DRAIN_TIMEOUT", "run_worker"]
 logger = logging.getLogger("trio_background.streaq")
 
 _KEEP_RECORDS = 100
+# streaQ sets the drain deadline a few microseconds before the recorder
+# notes the signal: a task cut at that deadline did not overrun it.
+_SLACK = 0.01
 _MAX_NAMED_IN_LOG = 10
 
 
@@ -103,8 +106,7 @@ class _Recorder:
         return recorded
 
     def _cancelled(self, name: str, task_id: str, number: int, started: float) -> None:
-        shutdown = self._shutdown_at
-        if shutdown is None or trio.current_time() < shutdown + self._drain_timeout:
+        if self._shutdown_at is None:
             # streaQ's own timeout for the task (or an abort): it fails there.
             self._add(
                 name,
@@ -112,7 +114,7 @@ class _Recorder:
                 number,
                 started,
                 TaskState.FAILED,
-                error=TimeoutError("the task's timeout expired"),
+                error=TimeoutError("its timeout expired (or it was aborted)"),
             )
         elif self._is_async.get(name, True):
             self._add(
@@ -149,7 +151,7 @@ class _Recorder:
         ended = trio.current_time()
         shutdown = self._shutdown_at
         overrun = None
-        if shutdown is not None and ended > shutdown + self._drain_timeout:
+        if shutdown is not None and ended > shutdown + self._drain_timeout + _SLACK:
             overrun = round(ended - shutdown - self._drain_timeout, 6)
         text = None
         if error is not None:
@@ -203,8 +205,10 @@ class _DrainingWorker(Worker[None]):
 
     async def signal_handler(self, scope: CancelScope) -> None:
         # streaQ's handler waits for SIGINT/SIGTERM, stops taking tasks and
-        # sets the drain deadline on the running ones; it returns with no
-        # checkpoint after the signal, so "now" is when the signal came.
+        # gives every running task the drain deadline (in place of its own
+        # timeout); a task cancelled from then on is put back in the queue.
+        # It returns with no checkpoint after the signal, so "now" is when
+        # the signal came.
         await super().signal_handler(scope)
         self.recorder.shutdown_begun()
 
