@@ -84,7 +84,12 @@ async def too_slow(name: str) -> str:
     return name  # pragma: no cover
 
 
-FUNCTIONS = (mark, mark_sync, hang_once, take_a_second, hang_sync_once)
+async def refuse(name: str) -> str:
+    """Always fails."""
+    raise ValueError(f"no {name}")
+
+
+FUNCTIONS = (mark, mark_sync, hang_once, take_a_second, hang_sync_once, refuse)
 
 
 def make_backend() -> StreaqBackend:

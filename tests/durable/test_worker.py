@@ -65,25 +65,30 @@ async def test_a_worker_runs_handed_off_tasks_and_drains_on_sigterm(
             BackgroundTask(durable_app.mark, "a"),
             BackgroundTask(durable_app.mark_sync, "b"),
             BackgroundTask(durable_app.take_a_second, "c"),
+            BackgroundTask(durable_app.refuse, "d"),
         ]
     )
     with trio.fail_after(30):
         assert (await client.result(ids[0])).result == "a"
         assert (await client.result(ids[1])).result == "b"
+        assert repr((await client.result(ids[3])).exception) == "ValueError('no d')"
     await worker.wait_for("take_a_second c started")
     await stop(worker)  # c is running: the drain lets it finish
     pid = worker.process.pid
     assert [marks(durable_env, n) for n in "abc"] == [[f"done {pid}"]] * 3
     report = json.loads(report_path.read_text())
     assert (report["mode"], report["drain_timeout"]) == ("drain", 20)
-    assert report["counts"]["completed"] == report["total"] == 3
+    assert (report["counts"]["completed"], report["counts"]["failed"], report["total"]) == (3, 1, 4)
     assert sorted((r["name"], r["engine_id"]) for r in report["completed"]) == sorted(
         (f"tests.durable.durable_app.{f}", i)
-        for f, i in zip(["mark", "mark_sync", "take_a_second"], ids, strict=True)
+        for f, i in zip(["mark", "mark_sync", "take_a_second"], ids, strict=False)
     )
+    [failed] = report["failed"]
+    assert (failed["engine_id"], failed["error"]) == (ids[3], "ValueError: no d")
     assert re.search(
-        r"INFO trio_background\.streaq: streaq worker \w+: background tasks \(drain, timeout "
-        r"20s, on signal\): 3 total: 3 completed, 0 failed",
+        r"WARNING trio_background\.streaq: streaq worker \w+: background tasks \(drain, timeout "
+        r"20s, on signal\): 4 total: 3 completed, 1 failed, .*; not completed: "
+        rf"tests\.durable\.durable_app\.refuse {ids[3]} \(failed\)",
         worker.output,
     ), worker.output
 
