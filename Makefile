@@ -39,6 +39,7 @@ typecheck: $(STAMP)
 # coverage starts before pytest, so it also measures what the plugin imports.
 pytest: $(STAMP)
 	./scripts/ensure-chromium
+	./scripts/ensure-redis
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest
 	$(PY) -m coverage combine --quiet
@@ -80,6 +81,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.progress_cost
 	$(PY) -m bench.monitor_poll
+	$(PY) -m bench.durable
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench.run --smoke

@@ -73,6 +73,9 @@ nitpick_ignore_regex = [
     (r"py:.*", r"fastapi\..*"),
     (r"py:.*", r"quart(_trio)?\..*"),
     (r"py:.*", r"pytest\..*"),
+    (r"py:.*", r"(streaq|coredis)\..*"),
+    # StreaqBackend.task(func: F) -> F, F a TypeVar of any callable.
+    (r"py:class", r"trio_background\.streaq\._backend\.F"),
     (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
     (r"py:.*", r"(prometheus_client|opentelemetry)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)

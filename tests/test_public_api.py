@@ -109,3 +109,9 @@ def test_quart_names() -> None:
     import trio_background.quart
 
     assert set(trio_background.quart.__all__) == {"BackgroundTasksExtension", "background_tasks"}
+
+
+def test_streaq_names() -> None:
+    streaq = pytest.importorskip("trio_background.streaq", reason="streaQ needs Python 3.11+")
+    assert streaq.__all__ == ["StreaqBackend"]
+    assert streaq.StreaqBackend.__module__ == "trio_background.streaq._backend"

@@ -184,7 +184,9 @@ async def test_a_task_lets_go_of_its_arguments_when_it_ends(via: str) -> None:
     assert report.count("completed") == 2
 
 
-async def test_records_kept_during_a_drain_stay_bounded(autojump_clock: trio.testing.MockClock) -> None:
+async def test_records_kept_during_a_drain_stay_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """A task that re-adds itself for the whole drain: counts exact, records bounded."""
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware, keep_records=10)
@@ -206,7 +208,9 @@ async def test_records_kept_during_a_drain_stay_bounded(autojump_clock: trio.tes
     assert len(report.cancelled) == 1
 
 
-async def test_a_sync_task_doing_real_work_ends_as_in_production(via: str, request: pytest.FixtureRequest) -> None:
+async def test_a_sync_task_doing_real_work_ends_as_in_production(
+    via: str, request: pytest.FixtureRequest
+) -> None:
     """Under autojump, a thread's real time counts: the drain deadline abandons it."""
     if via == "client":
         # The in-process client runs under the test's MockClock, as a test would.

@@ -128,7 +128,11 @@ async def trailers_app(scope: Scope, receive: Receive, send: Send) -> None:
     )
     await send({"type": "http.response.body", "body": b"data"})
     await send(
-        {"type": "http.response.trailers", "headers": [(b"x-checksum", b"1")], "more_trailers": False}
+        {
+            "type": "http.response.trailers",
+            "headers": [(b"x-checksum", b"1")],
+            "more_trailers": False,
+        }
     )
 
 

@@ -1,0 +1,206 @@
+"""``python -m trio_background.streaq worker``: whole worker processes on a real Redis.
+
+Real time (processes cannot share a MockClock): every wait is for an event
+(a line the worker logs, a result streaQ publishes) under a generous bound.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    pytest.skip("streaQ (the durable backend) needs Python 3.11+", allow_module_level=True)
+
+import trio
+
+from tests.durable import durable_app
+from tests.durable.conftest import Spawn
+from tests.test_cli import Server
+from trio_background import BackgroundTask
+from trio_background.streaq import StreaqBackend
+from trio_background.streaq._cli import main
+
+APP = "tests.durable.durable_app:backend"
+
+
+@pytest.fixture
+async def client(durable_env: Path) -> AsyncIterator[StreaqBackend]:
+    """The test's side of the queue: hands tasks off and reads results."""
+    async with durable_app.make_backend() as backend:
+        yield backend
+
+
+async def start_worker(spawn: Spawn, *options: str) -> Server:
+    worker = await spawn("-m", "trio_background.streaq", "worker", APP, *options)
+    await worker.wait_for(r"streaq worker \w+ ready")
+    return worker
+
+
+async def stop(worker: Server) -> None:
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.finish() == 0, worker.output
+
+
+def marks(folder: Path, name: str) -> list[str]:
+    return (folder / name).read_text().splitlines()
+
+
+async def test_a_worker_runs_handed_off_tasks_and_drains_on_sigterm(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    report_path = durable_env / "report.json"
+    worker = await start_worker(
+        spawn,
+        "--concurrency", "2", "--drain-timeout", "20", "--report-json", str(report_path)
+    )  # fmt: skip
+    ids = await client.hand_off(
+        [
+            BackgroundTask(durable_app.mark, "a"),
+            BackgroundTask(durable_app.mark_sync, "b"),
+            BackgroundTask(durable_app.take_a_second, "c"),
+            BackgroundTask(durable_app.refuse, "d"),
+        ]
+    )
+    with trio.fail_after(30):
+        assert (await client.result(ids[0])).result == "a"
+        assert (await client.result(ids[1])).result == "b"
+        assert repr((await client.result(ids[3])).exception) == "ValueError('no d')"
+    await worker.wait_for("take_a_second c started")
+    await stop(worker)  # c is running: the drain lets it finish
+    pid = worker.process.pid
+    assert [marks(durable_env, n) for n in "abc"] == [[f"done {pid}"]] * 3
+    report = json.loads(report_path.read_text())
+    assert (report["mode"], report["drain_timeout"]) == ("drain", 20)
+    assert (report["counts"]["completed"], report["counts"]["failed"], report["total"]) == (3, 1, 4)
+    assert sorted((r["name"], r["engine_id"]) for r in report["completed"]) == sorted(
+        (f"tests.durable.durable_app.{f}", i)
+        for f, i in zip(["mark", "mark_sync", "take_a_second"], ids, strict=False)
+    )
+    [failed] = report["failed"]
+    assert (failed["engine_id"], failed["error"]) == (ids[3], "ValueError: no d")
+    assert re.search(
+        r"WARNING trio_background\.streaq: streaq worker \w+: background tasks \(drain, timeout "
+        r"20s, on signal\): 4 total: 3 completed, 1 failed, .*; not completed: "
+        rf"tests\.durable\.durable_app\.refuse {ids[3]} \(failed\)",
+        worker.output,
+    ), worker.output
+
+
+async def test_a_task_whose_worker_is_killed_is_finished_by_another(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    first = await start_worker(spawn)
+    [task_id] = await client.hand_off([BackgroundTask(durable_app.hang_once, "k")])
+    await first.wait_for("hang_once k hanging")
+    first.process.kill()
+    await first.finish()
+    second = await start_worker(spawn)
+    with trio.fail_after(30):  # after idle_timeout (2 s) the second worker claims it
+        result = await client.result(task_id)
+    await stop(second)
+    assert (result.success, result.tries) == (True, 2)
+    assert marks(durable_env, "k") == [f"done {second.process.pid}"]
+
+
+async def test_a_task_cut_by_the_drain_deadline_goes_back_to_the_queue(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    report_path = durable_env / "report.json"
+    first = await start_worker(spawn, "--drain-timeout", "0.5", "--report-json", str(report_path))
+    [task_id] = await client.hand_off([BackgroundTask(durable_app.hang_once, "d")])
+    await first.wait_for("hang_once d hanging")
+    await stop(first)
+    report = json.loads(report_path.read_text())
+    assert report["counts"]["cancelled"] == report["total"] == 1
+    [cut] = report["cancelled"]
+    assert (cut["name"], cut["engine_id"], cut["request"]) == (
+        "tests.durable.durable_app.hang_once",
+        task_id,
+        f"streaq queue {client.queue_name}",
+    )
+    assert cut["reason"] == (
+        "cut by the drain deadline; streaQ puts it back in the queue for another worker"
+    )
+    assert re.search(
+        r"WARNING trio_background\.streaq: streaq worker \w+: background tasks \(drain, "
+        r"timeout 0\.5s, on signal\): 1 total: .*; not completed: "
+        r"tests\.durable\.durable_app\.hang_once "
+        rf"{task_id} \(cancelled\)",
+        first.output,
+    ), first.output
+    second = await start_worker(spawn)
+    with trio.fail_after(30):
+        result = await client.result(task_id)
+    await stop(second)
+    assert result.success
+    assert marks(durable_env, "d") == [f"done {second.process.pid}"]
+
+
+async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_deadline(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    report_path = durable_env / "report.json"
+    first = await start_worker(spawn, "--drain-timeout", "0.5", "--report-json", str(report_path))
+    slow_id, stuck_id = await client.hand_off(
+        [
+            BackgroundTask(durable_app.too_slow, "t"),
+            BackgroundTask(durable_app.hang_sync_once, "s"),
+        ]
+    )
+    with trio.fail_after(30):
+        slow = await client.result(slow_id)
+    assert not slow.success
+    assert repr(slow.exception) == "TimeoutError('Task timed out!')"
+    await first.wait_for("hang_sync_once s hanging")
+    await stop(first)  # the thread never returns: abandoned, the process exits anyway
+    report = json.loads(report_path.read_text())
+    assert (report["counts"]["failed"], report["counts"]["abandoned"]) == (1, 1)
+    assert [(r["engine_id"], r["error"]) for r in report["failed"]] == [
+        (slow_id, "TimeoutError: its timeout expired (or it was aborted)")
+    ]
+    [abandoned] = report["abandoned"]
+    assert abandoned["engine_id"] == stuck_id
+    assert abandoned["reason"].startswith("its thread was still running at the drain deadline")
+    second = await start_worker(spawn)
+    with trio.fail_after(30):
+        assert (await client.result(stuck_id)).result == "s"
+    await stop(second)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "nothing",
+            r"expected MODULE:BACKEND \(for example examples\.durable:backend\), got 'nothing'",
+        ),
+        (
+            "no_such_module:backend",
+            r"cannot import module 'no_such_module': no such module \(run from the folder "
+            r"that contains it, or check the name\)",
+        ),
+        (
+            "tests.durable.durable_app:nope",
+            r"module 'tests\.durable\.durable_app' has no attribute 'nope'",
+        ),
+        (
+            "tests.durable.durable_app:mark",
+            r"tests\.durable\.durable_app:mark is a function, not a StreaqBackend: point at the "
+            r"backend the app's durable functions are registered on",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_backend_spec_exits_2_with_the_fix(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", spec])
+    assert exit_info.value.code == 2
+    assert re.search(rf"error: {message}\n\Z", capsys.readouterr().err)
