@@ -99,8 +99,10 @@ async def test_memory_stays_flat_over_100_000_requests() -> None:
     report = middleware.supervisor.report()
     assert len(report.completed) == 50
     # 90,000 requests in: no per-request residue (a leak of even one small
-    # object per request would be megabytes).
-    assert growth < 64 * 1024, growth
+    # object per request would be megabytes). What may grow is bounded:
+    # trio's deadline heap keeps up to ~1,000 stale entries (each request's
+    # shielded final send has a deadline) before it prunes them.
+    assert growth < 256 * 1024, growth
 
 
 async def test_requests_leave_no_reference_cycles() -> None:

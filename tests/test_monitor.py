@@ -217,6 +217,7 @@ async def test_endpoint_reaches_the_supervisor_from_its_scope(
 
     async with open_client(app) as client:
         task_id = (await client.post("/crunch")).json()["id"]
+        await trio.testing.wait_all_tasks_blocked()  # the batch has started
         assert (await client.get(f"/status/{task_id}")).json() == {"state": "running"}
         await client.wait_idle()
         assert (await client.get(f"/status/{task_id}")).json() == {"state": "completed"}

@@ -34,7 +34,7 @@ import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import hand_off
+from ._runner import hand_off, in_trio_or_from_thread
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -42,7 +42,7 @@ from ._supervisor import (
     Mode,
     Supervisor,
 )
-from ._tasks import TaskState, adopting
+from ._tasks import BackgroundTasks, TaskState, adopting
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._backend import DurableBackend
     from ._observe import TaskObserver
     from ._runner import ErrorHook, Flight, OnError, Policy
-    from ._tasks import BackgroundTask, BackgroundTasks
+    from ._tasks import BackgroundTask
 
 __all__ = ["BackgroundTasksMiddleware", "from_scope", "supervisor_from_scope"]
 
@@ -97,6 +97,7 @@ class _Exchange:
     """
 
     __slots__ = (
+        "_batch",
         "_send",
         "_trailers",
         "complete",
@@ -114,6 +115,7 @@ class _Exchange:
         self.supervisor = supervisor
         self.scope = scope
         self.policy: Policy = supervisor.policy
+        self._batch: BackgroundTasks | None = None
         self.flight: Flight | None = None
         self.stack: AsyncExitStack | None = None
         self._trailers = False
@@ -123,12 +125,24 @@ class _Exchange:
 
     @property
     def batch(self) -> BackgroundTasks:
-        flight = self.flight
-        if flight is None:
-            flight = self.flight = self.supervisor._open(  # pyright: ignore[reportPrivateUsage]
-                _request_label(self.scope), self.policy
+        batch = self._batch
+        if batch is None:
+            # The supervisor hears of it at its first task (added() below): a
+            # request that asks for its batch and adds nothing makes none.
+            batch = self._batch = BackgroundTasks()
+            batch._owner = self  # pyright: ignore[reportPrivateUsage]
+        return batch
+
+    # The batch's owner until its first task: then the supervisor's flight.
+    def added(self, task: BackgroundTask) -> None:
+        if self.flight is None and self._batch is not None:
+            in_trio_or_from_thread(self._open)
+
+    def _open(self) -> None:
+        if self.flight is None:
+            self.flight = self.supervisor._open(  # pyright: ignore[reportPrivateUsage]
+                _request_label(self.scope), self.policy, batch=self._batch
             )
-        return flight.batch
 
     def use_policy(self, supervisor: Supervisor) -> None:
         """An inner, configured middleware's options apply to this request."""
@@ -150,7 +164,7 @@ class _Exchange:
         return True
 
     def owns(self, batch: BackgroundTasks) -> bool:
-        return self.flight is not None and self.flight.batch is batch
+        return self._batch is batch
 
     def close(self) -> None:
         """The app has returned: let go of the server's ``send``.

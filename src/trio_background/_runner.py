@@ -127,18 +127,24 @@ class Flight:
         self.next = 0
         self.stop_reason: str | None = None
 
-    # Called by the batch for each task added (the _Owner protocol).
+    # Called by the batch for each task added (the _Owner protocol); from a
+    # worker thread too (a sync handler, or a sync task adding tasks).
     def added(self, task: BackgroundTask) -> None:
         backend = self.policy.backend
         if backend is not None and backend.is_durable(task.func):
             task._durable = True  # pyright: ignore[reportPrivateUsage]
         if self.observers:
             self.observers.task_added(task)
+        if self.nursery is not None:
+            index = len(self.batch.tasks) - 1
+            in_trio_or_from_thread(lambda: self._start(task, index))
+
+    def _start(self, task: BackgroundTask, index: int) -> None:
         nursery = self.nursery
         if nursery is None:
-            return
+            return  # the batch ended meanwhile: _finish records the task
         if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-            nursery.start_soon(_run_concurrent, self, task, len(self.batch.tasks) - 1)
+            nursery.start_soon(_run_concurrent, self, task, index)
         elif not self.sequencing:
             self.sequencing = True
             nursery.start_soon(_run_sequence, self)
@@ -180,6 +186,16 @@ class Flight:
         if trio.current_time() >= self.scope.deadline:
             return "the shutdown deadline passed before it started"
         return "the batch was cancelled before it started"
+
+
+def in_trio_or_from_thread(call: Callable[[], None]) -> None:
+    """``call()`` in trio: now if this is trio's thread, else through ``trio.from_thread``."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        trio.from_thread.run_sync(call)
+    else:
+        call()
 
 
 async def run_flight(flight: Flight) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 from fastapi import FastAPI
 
 from trio_background import BackgroundTasksMiddleware, TaskRecord, TaskState
@@ -95,7 +96,7 @@ async def test_a_group_that_mixes_an_error_with_the_cancellation_fails_and_stops
         try:
             await trio.sleep_forever()
         finally:
-            raise ValueError("cleanup failed")  # noqa: B012 - the point of the test
+            raise ValueError("cleanup failed")
 
     async def with_a_nursery() -> None:
         async with trio.open_nursery() as nursery:
@@ -186,9 +187,8 @@ async def test_a_shielded_task_that_overruns_is_recorded_with_its_real_end(via: 
 
             nursery.start_soon(shut)
             # The deadline (now, in cancel mode) has passed; the task goes on.
-            while not served.supervisor.shutting_down:
-                await trio.sleep(0)
             await trio.testing.wait_all_tasks_blocked()
+            assert served.supervisor.shutting_down
             assert served.supervisor.time_until_deadline() == 0
             release.set()
     [report] = reports

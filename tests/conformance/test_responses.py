@@ -137,8 +137,9 @@ async def trailers_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def test_trailers_complete_the_response_in_process() -> None:
+    """Trailers are an HTTP/2 extension in Hypercorn, and so in the client."""
     ran.clear()
-    async with serving(trailers_app, "client") as served:
+    async with serving(trailers_app, "client", http_version="2") as served:
         response = await served.http.get("/", headers={"te": "trailers"})
         assert response.status_code == 200
         report = await served.shutdown()
