@@ -52,7 +52,7 @@ test: lint typecheck pytest test-floor dist
 # $(FLOOR)/, which PYTHONPATH puts first. Their other needs come from the venv.
 # FastAPI tests: the examples, the CLI's (its app is FastAPI) and every file that
 # imports FastAPI, but the docs build, the browser and the benchmarks.
-FLOOR_TESTS = tests/examples tests/test_cli.py \
+FLOOR_TESTS = tests/examples tests/conformance tests/upstream tests/test_cli.py \
 	$(filter-out tests/test_docs.py tests/test_monitor_browser.py tests/test_bench_smoke.py, \
 	$(shell grep -lE '^(from|import) (fastapi|trio_background\.fastapi)' tests/test_*.py))
 

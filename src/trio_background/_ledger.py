@@ -10,6 +10,7 @@ runs for months, and during a drain that runs a thousand tasks.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from typing import TYPE_CHECKING
@@ -62,6 +63,12 @@ class Ledger:
     def kept(self) -> list[TaskRecord]:
         """Every kept record, in batch order then task order."""
         raws = sorted(self._kept(), key=lambda raw: (raw.batch, raw.task_index))
+        return [build_record(raw, self.epoch) for raw in raws]
+
+    def recent(self, limit: int) -> list[TaskRecord]:
+        """The ``limit`` last kept records in batch then task order, building only those."""
+        raws = heapq.nlargest(limit, self._kept(), key=lambda raw: (raw.batch, raw.task_index))
+        raws.reverse()
         return [build_record(raw, self.epoch) for raw in raws]
 
     def find(self, batch: int, index: int) -> TaskRecord | None:

@@ -126,10 +126,7 @@ def _parse_query(query_string: bytes, default_limit: int) -> tuple[int, str | No
 
 def _recent_finished(supervisor: Supervisor, limit: int) -> list[TaskRecord]:
     """The ``limit`` most recent kept records of finished tasks."""
-    report = supervisor.report()
-    kept = [record for state in report.counts for record in report.records(state)]
-    kept.sort(key=lambda r: (r.batch, r.index))
-    return kept[-limit:]
+    return supervisor.recent_finished(limit)
 
 
 def tasks_page(supervisor: Supervisor, *, limit: int, after: str | None) -> dict[str, Any]:

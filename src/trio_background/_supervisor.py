@@ -515,6 +515,18 @@ class Supervisor:
                 return self._live(flight, index)
         return state.ledger.find(number, index)
 
+    def recent_finished(self, limit: int) -> list[TaskRecord]:
+        """The ``limit`` most recent kept records of ended tasks, oldest first.
+
+        Builds only those (the rest of the kept records stay raw).
+
+        Raises:
+            ValueError: ``limit`` is not an int >= 0.
+        """
+        if not _is_count(limit) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        return self._state().ledger.recent(limit)
+
     def active_page(
         self, *, after: str | None = None, limit: int = 100
     ) -> tuple[list[TaskRecord], str | None]:
