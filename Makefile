@@ -82,6 +82,7 @@ bench: $(STAMP)
 	$(PY) -m bench.progress_cost
 	$(PY) -m bench.monitor_poll
 	$(PY) -m bench.durable
+	$(PY) -m bench.cycles
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench.run --smoke

@@ -105,50 +105,6 @@ async def test_memory_stays_flat_over_100_000_requests() -> None:
     assert growth < 256 * 1024, growth
 
 
-async def test_requests_leave_no_reference_cycles() -> None:
-    """Hypercorn's send is a method of an object holding the scope; no cycle may remain."""
-
-    async def noop() -> None:
-        pass
-
-    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["path"] == "/task":
-            from_scope(scope).add_task(noop)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    middleware = BackgroundTasksMiddleware(app)
-
-    class Stream:
-        def __init__(self, scope: MutableMapping[str, Any]) -> None:
-            self.scope = scope
-
-        async def send(self, message: MutableMapping[str, Any]) -> None:
-            pass
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def serve(count: int) -> None:
-        for i in range(count):
-            scope: dict[str, Any] = {
-                "type": "http",
-                "method": "GET",
-                "path": f"/{i % 2 and 'task'}",
-            }
-            await middleware(scope, receive, Stream(scope).send)
-
-    await serve(10)  # warm up
-    gc.collect()
-    gc.disable()
-    try:
-        await serve(200)
-        garbage = gc.collect()
-    finally:
-        gc.enable()
-    assert garbage == 0
-
-
 async def test_sending_after_the_app_returned_is_an_error() -> None:
     kept: list[Any] = []
 

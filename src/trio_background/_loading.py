@@ -51,7 +51,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__qualname__}: {text}" if text else type(exc).__qualname__
 
 
-def load_object(spec: str, *, what: str = "APP") -> Any:
+def load_object(spec: str, *, what: str = "APP", example: str = "examples.basic:app") -> Any:
     """Import ``MODULE:ATTRIBUTE`` (the attribute may be dotted), from the working folder.
 
     Raises:
@@ -60,7 +60,7 @@ def load_object(spec: str, *, what: str = "APP") -> Any:
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise LoadError(f"expected MODULE:{what} (for example examples.basic:app), got {spec!r}")
+        raise LoadError(f"expected MODULE:{what} (for example {example}), got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
 
 import trio
 
+from .._loading import LoadError, load_object
+from .._supervisor import check_timeout
 from ._backend import StreaqBackend
 from ._worker import DEFAULT_DRAIN_TIMEOUT, run_worker
 
@@ -25,28 +25,12 @@ def load_backend(spec: str) -> StreaqBackend:
         ValueError: The spec is malformed, the module or attribute is
             missing, or the attribute is not a ``StreaqBackend``.
     """
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(
-            f"expected MODULE:BACKEND (for example examples.durable:backend), got {spec!r}"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise ValueError(
-                f"cannot import module {module_name!r}: no such module (run from the folder "
-                "that contains it, or check the name)"
-            ) from exc
-        raise
-    target: object = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+        target = load_object(spec, what="BACKEND", example="examples.durable:backend")
+    except LoadError as exc:
+        if exc.user_traceback:
+            sys.stderr.write(exc.user_traceback)
+        raise ValueError(str(exc)) from None
     if not isinstance(target, StreaqBackend):
         raise ValueError(
             f"{spec} is a {type(target).__qualname__}, not a StreaqBackend: point at the "
@@ -70,9 +54,10 @@ def _seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {value}")
-    return seconds
+    try:
+        return check_timeout(seconds, "--drain-timeout")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
