@@ -94,6 +94,7 @@ def test_observability_modules() -> None:
     [
         ("trio_background.prometheus", "prometheus_client", "prometheus"),
         ("trio_background.otel", "opentelemetry", "otel"),
+        ("trio_background.fastapi", "fastapi", "fastapi"),
     ],
 )
 def test_a_missing_extra_names_its_install(

@@ -25,8 +25,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends
-from starlette.requests import HTTPConnection  # noqa: TC002 - FastAPI reads it at runtime
+try:
+    from fastapi import Depends
+    from starlette.requests import HTTPConnection  # noqa: TC002 - FastAPI reads it at runtime
+except ImportError as exc:  # pragma: no cover - the dev extra has FastAPI
+    raise ImportError(
+        f"trio_background.fastapi needs FastAPI ({exc}): pip install 'trio-background[fastapi]'"
+    ) from exc
 
 from ._middleware import exchange_from_scope
 from ._tasks import BackgroundTasks as _BackgroundTasks
