@@ -1,4 +1,4 @@
-"""Starlette's own idioms, with the import swapped: supervised, and skipped when the endpoint fails."""
+"""Starlette's idioms, the import swapped: supervised, and skipped when the endpoint fails."""
 
 from __future__ import annotations
 
