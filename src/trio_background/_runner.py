@@ -5,7 +5,7 @@ request opened it to its last record. :func:`run_flight` runs it: a nursery
 inside the request's own task (so a child of the server's connection) holds
 the :meth:`~BackgroundTasks.add_task` sequence, one task after another, and
 each :meth:`~BackgroundTasks.start_soon` task beside it, all under the
-flight's cancel scope, whose deadline is the shutdown deadline.
+nursery's cancel scope, whose deadline is the shutdown deadline.
 
 Every task becomes exactly one record. Nothing a task raises leaves the
 runner (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` and groups
@@ -89,9 +89,9 @@ class Flight:
         "policy",
         "ready_at",
         "record",
+        "deadline",
         "request",
         "running",
-        "scope",
         "sequencing",
         "stop_reason",
     )
@@ -114,7 +114,8 @@ class Flight:
         self.batch = batch
         self.policy = policy
         self.limiter = limiter
-        self.scope = trio.CancelScope(deadline=deadline)
+        # The shutdown deadline; while the batch runs, also its nursery's.
+        self.deadline = deadline
         self.observers = observers
         self.epoch = epoch
         self.record = record
@@ -149,6 +150,14 @@ class Flight:
             self.sequencing = True
             nursery.start_soon(_run_sequence, self)
 
+    def set_deadline(self, deadline: float) -> None:
+        """Bring the batch's deadline to ``deadline`` if that is sooner."""
+        if deadline < self.deadline:
+            self.deadline = deadline
+            nursery = self.nursery
+            if nursery is not None:
+                nursery.cancel_scope.deadline = deadline
+
     def end(self, task: BackgroundTask, index: int, *, cut: bool = False) -> RawRecord | None:
         """Record ``task`` (in a final state) once, now; None if it was already."""
         if task._recorded:  # pyright: ignore[reportPrivateUsage]
@@ -156,7 +165,7 @@ class Flight:
         task._recorded = True  # pyright: ignore[reportPrivateUsage]
         self.ended += 1
         ended = trio.current_time()
-        deadline = self.scope.deadline
+        deadline = self.deadline
         overrun: float | None = None
         # A task that returned normally after the deadline overran it, however
         # little; one that ended by the cancellation gets the time trio needs
@@ -183,7 +192,7 @@ class Flight:
         return self.record(self, task, index, ended, cut, overrun)
 
     def pending_reason(self) -> str:
-        if trio.current_time() >= self.scope.deadline:
+        if trio.current_time() >= self.deadline:
             return "the shutdown deadline passed before it started"
         return "the batch was cancelled before it started"
 
@@ -217,14 +226,16 @@ async def run_flight(flight: Flight) -> None:
     flight.ready_at = trio.current_time()
     flight.running = True
     try:
-        with flight.scope:
-            async with trio.open_nursery() as nursery:
-                flight.nursery = nursery
-                for index, task in enumerate(batch.tasks):
-                    if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-                        nursery.start_soon(_run_concurrent, flight, task, index)
-                flight.sequencing = True
-                await _run_sequence(flight)
+        # The nursery's own cancel scope is the batch's: its deadline is the
+        # shutdown deadline (one scope per batch, not two).
+        async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.deadline = flight.deadline
+            flight.nursery = nursery
+            for index, task in enumerate(batch.tasks):
+                if task._concurrent:  # pyright: ignore[reportPrivateUsage]
+                    nursery.start_soon(_run_concurrent, flight, task, index)
+            flight.sequencing = True
+            await _run_sequence(flight)
     finally:
         flight.nursery = None
         await _finish(flight)
@@ -233,7 +244,6 @@ async def run_flight(flight: Flight) -> None:
 async def _finish(flight: Flight) -> None:
     """Record what is left: tasks never started are spilled or skipped."""
     tasks = flight.batch.tasks
-    reason = flight.pending_reason()
     backend = flight.policy.backend
     if flight.policy.spill and backend is not None:
         durable = [
@@ -244,8 +254,14 @@ async def _finish(flight: Flight) -> None:
         if durable:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
                 await hand_off(flight, durable, cut=True)
+    reason: str | None = None
     for index, task in enumerate(tasks):
-        if task._skip(reason):  # pyright: ignore[reportPrivateUsage]
+        if task._recorded:  # pyright: ignore[reportPrivateUsage]
+            continue
+        if task.state is TaskState.PENDING:
+            if reason is None:
+                reason = flight.pending_reason()
+            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
             flight.end(task, index, cut=True)
         else:
             flight.end(task, index)
@@ -280,7 +296,6 @@ async def hand_off(flight: Flight, tasks: list[BackgroundTask], *, cut: bool = F
 
 async def _run_sequence(flight: Flight) -> None:
     tasks = flight.batch.tasks
-    scope = flight.scope
     try:
         while flight.next < len(tasks):
             index = flight.next
@@ -298,7 +313,7 @@ async def _run_sequence(flight: Flight) -> None:
                 task._skip(flight.stop_reason)  # pyright: ignore[reportPrivateUsage]
                 flight.end(task, index)
                 continue
-            if trio.current_time() >= scope.deadline:
+            if trio.current_time() >= flight.deadline:
                 return  # the rest is skipped (or spilled) by _finish
             flight.next += 1
             await _run_one(flight, task, index)
@@ -323,8 +338,12 @@ async def _run_one(flight: Flight, task: BackgroundTask, index: int) -> None:
             task._release()  # pyright: ignore[reportPrivateUsage]
             flight.end(task, index)
         return
+    observers = flight.observers
     try:
-        with flight.observers.task_running(task):
+        if observers:
+            with observers.task_running(task):
+                await task._run(limiter=flight.limiter)  # pyright: ignore[reportPrivateUsage]
+        else:
             await task._run(limiter=flight.limiter)  # pyright: ignore[reportPrivateUsage]
     except BaseException as exc:
         if task.state is not TaskState.FAILED:

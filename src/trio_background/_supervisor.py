@@ -389,7 +389,7 @@ class Supervisor:
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
         for flight in state.flights.values():
-            flight.scope.deadline = min(flight.scope.deadline, deadline)
+            flight.set_deadline(deadline)
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"
