@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._records import RawRecord, TaskRecord, build_record
+from ._records import RawRecord, TaskRecord, build_record, format_error
 from ._tasks import BackgroundTask, BackgroundTasks, TaskState, failure_of
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -33,6 +34,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from ._backend import DurableBackend
+    from ._ledger import Ledger
     from ._observe import Observers
 
 __all__ = ["ErrorHook", "Flight", "OnError", "Policy", "run_flight"]
@@ -79,17 +81,18 @@ class Flight:
     __slots__ = (
         "batch",
         "closed",
+        "deadline",
         "ended",
         "epoch",
+        "ledger",
         "limiter",
         "next",
+        "now",
         "number",
         "nursery",
         "observers",
         "policy",
         "ready_at",
-        "record",
-        "deadline",
         "request",
         "running",
         "sequencing",
@@ -106,8 +109,7 @@ class Flight:
         limiter: trio.CapacityLimiter,
         deadline: float,
         observers: Observers,
-        epoch: float,
-        record: Callable[[Flight, BackgroundTask, int, float, bool, float | None], RawRecord],
+        ledger: Ledger,
     ) -> None:
         self.number = number
         self.request = request
@@ -117,8 +119,10 @@ class Flight:
         # The shutdown deadline; while the batch runs, also its nursery's.
         self.deadline = deadline
         self.observers = observers
-        self.epoch = epoch
-        self.record = record
+        self.ledger = ledger
+        self.epoch = ledger.epoch
+        # trio.current_time() without its wrappers: called several times per task.
+        self.now = trio.lowlevel.current_clock().current_time
         self.ready_at: float | None = None
         self.ended = 0
         self.nursery: trio.Nursery | None = None
@@ -134,7 +138,7 @@ class Flight:
         backend = self.policy.backend
         if backend is not None and backend.is_durable(task.func):
             task._durable = True  # pyright: ignore[reportPrivateUsage]
-        if self.observers:
+        if self.observers._items:  # pyright: ignore[reportPrivateUsage]
             self.observers.task_added(task)
         if self.nursery is not None:
             index = len(self.batch.tasks) - 1
@@ -164,14 +168,14 @@ class Flight:
             return None
         task._recorded = True  # pyright: ignore[reportPrivateUsage]
         self.ended += 1
-        ended = trio.current_time()
-        deadline = self.deadline
+        ended = self.now()
+        state = task.state
         overrun: float | None = None
         # A task that returned normally after the deadline overran it, however
         # little; one that ended by the cancellation gets the time trio needs
         # to deliver it to a checkpoint.
-        late = ended - deadline
-        if late > OVERRUN_SLACK or (task.state is TaskState.COMPLETED and late >= 0):
+        late = ended - self.deadline
+        if late >= 0 and (late > OVERRUN_SLACK or state is TaskState.COMPLETED):
             overrun = late
             cut = True
             if task.state is TaskState.COMPLETED:
@@ -189,7 +193,28 @@ class Flight:
                 overrun,
                 self.request,
             )
-        return self.record(self, task, index, ended, cut, overrun)
+        error = task.error
+        skipped = state is TaskState.SKIPPED or state is TaskState.HANDED_OFF
+        raw = RawRecord(
+            task.name,
+            state,
+            None if error is None else format_error(error),
+            task.reason,
+            self.request,
+            self.number,
+            index,
+            None if skipped else task.started_at,
+            ended,
+            task.progress,
+            overrun,
+            self.ready_at,
+            task.engine_id,
+        )
+        self.ledger.write(raw, cut=cut)
+        observers = self.observers
+        if observers._items:  # pyright: ignore[reportPrivateUsage]
+            observers.task_ended(task, build_record(raw, self.epoch))
+        return raw
 
     def pending_reason(self) -> str:
         if trio.current_time() >= self.deadline:
@@ -223,13 +248,14 @@ async def run_flight(flight: Flight) -> None:
         scope is re-raised after every task of the batch has been recorded.
     """
     batch = flight.batch
-    flight.ready_at = trio.current_time()
+    flight.ready_at = flight.now()
     flight.running = True
     try:
         # The nursery's own cancel scope is the batch's: its deadline is the
         # shutdown deadline (one scope per batch, not two).
         async with trio.open_nursery() as nursery:
-            nursery.cancel_scope.deadline = flight.deadline
+            if flight.deadline != math.inf:  # setting a deadline is not free
+                nursery.cancel_scope.deadline = flight.deadline
             flight.nursery = nursery
             for index, task in enumerate(batch.tasks):
                 if task._concurrent:  # pyright: ignore[reportPrivateUsage]
@@ -313,7 +339,7 @@ async def _run_sequence(flight: Flight) -> None:
                 task._skip(flight.stop_reason)  # pyright: ignore[reportPrivateUsage]
                 flight.end(task, index)
                 continue
-            if trio.current_time() >= flight.deadline:
+            if flight.deadline != math.inf and flight.now() >= flight.deadline:
                 return  # the rest is skipped (or spilled) by _finish
             flight.next += 1
             await _run_one(flight, task, index)
@@ -340,11 +366,11 @@ async def _run_one(flight: Flight, task: BackgroundTask, index: int) -> None:
         return
     observers = flight.observers
     try:
-        if observers:
+        if observers._items:  # pyright: ignore[reportPrivateUsage]
             with observers.task_running(task):
-                await task._run(limiter=flight.limiter)  # pyright: ignore[reportPrivateUsage]
+                await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
         else:
-            await task._run(limiter=flight.limiter)  # pyright: ignore[reportPrivateUsage]
+            await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
     except BaseException as exc:
         if task.state is not TaskState.FAILED:
             flight.end(task, index, cut=True)

@@ -22,9 +22,9 @@ import trio
 
 from ._ledger import Ledger
 from ._observe import Observers, TaskObserver
-from ._records import RawRecord, ShutdownReport, TaskRecord, build_record, raw_record
+from ._records import ShutdownReport, TaskRecord
 from ._runner import ErrorHook, Flight, OnError, Policy, run_flight
-from ._tasks import BackgroundTask, BackgroundTasks
+from ._tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -271,36 +271,11 @@ class Supervisor:
             limiter=state.limiter,
             deadline=state.deadline,
             observers=self._observers,
-            epoch=state.ledger.epoch,
-            record=self._record,
+            ledger=state.ledger,
         )
         state.flights[number] = flight
         flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
         return flight
-
-    def _record(
-        self,
-        flight: Flight,
-        task: BackgroundTask,
-        index: int,
-        ended: float,
-        cut: bool,
-        overrun: float | None,
-    ) -> RawRecord:
-        state = self._state()
-        raw = raw_record(
-            task,
-            flight.request,
-            flight.number,
-            index,
-            ended,
-            ready=flight.ready_at,
-            overrun=overrun,
-        )
-        state.ledger.write(raw, cut=cut)
-        if self._observers:
-            self._observers.task_ended(task, build_record(raw, state.ledger.epoch))
-        return raw
 
     def _close_flight(self, flight: Flight) -> None:
         flight.closed = True
