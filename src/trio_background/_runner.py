@@ -322,6 +322,7 @@ async def hand_off(flight: Flight, tasks: list[BackgroundTask], *, cut: bool = F
 
 async def _run_sequence(flight: Flight) -> None:
     tasks = flight.batch.tasks
+    observers = flight.observers
     try:
         while flight.next < len(tasks):
             index = flight.next
@@ -342,7 +343,16 @@ async def _run_sequence(flight: Flight) -> None:
             if flight.deadline != math.inf and flight.now() >= flight.deadline:
                 return  # the rest is skipped (or spilled) by _finish
             flight.next += 1
-            await _run_one(flight, task, index)
+            if task._durable or observers._items:  # pyright: ignore[reportPrivateUsage]
+                await _run_one(flight, task, index)
+                continue
+            # _run_one's common case, inline: one coroutine less per task.
+            try:
+                await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
+            except BaseException as exc:
+                await _ended_by(flight, task, index, exc)
+            else:
+                flight.end(task, index)
     finally:
         flight.sequencing = False
 
@@ -372,16 +382,21 @@ async def _run_one(flight: Flight, task: BackgroundTask, index: int) -> None:
         else:
             await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
     except BaseException as exc:
-        if task.state is not TaskState.FAILED:
-            flight.end(task, index, cut=True)
-            raise
-        raw = flight.end(task, index)
-        await _failed(flight, task, raw, exc)
-        cancelled = _cancellation_part(exc)
-        if cancelled is not None:
-            raise cancelled from None
+        await _ended_by(flight, task, index, exc)
     else:
         flight.end(task, index)
+
+
+async def _ended_by(flight: Flight, task: BackgroundTask, index: int, exc: BaseException) -> None:
+    """Record a run that raised ``exc``; re-raise it, or its cancellation part."""
+    if task.state is not TaskState.FAILED:
+        flight.end(task, index, cut=True)
+        raise exc
+    raw = flight.end(task, index)
+    await _failed(flight, task, raw, exc)
+    cancelled = _cancellation_part(exc)
+    if cancelled is not None:
+        raise cancelled from None
 
 
 def _cancellation_part(exc: BaseException) -> BaseException | None:
