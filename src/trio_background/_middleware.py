@@ -34,7 +34,7 @@ import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import hand_off, in_trio_or_from_thread
+from ._runner import hand_off, in_trio_or_from_thread, run_flight
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -290,7 +290,7 @@ class _Exchange:
         elif not self.complete:
             supervisor._skip(flight, "the app returned without completing its response")  # pyright: ignore[reportPrivateUsage]
         else:
-            await supervisor._run_flight(flight)  # pyright: ignore[reportPrivateUsage]
+            await run_flight(flight)
 
     def defer_to(self, stack: AsyncExitStack) -> None:
         """Run the batch from ``stack`` (FastAPI's request exit stack) as it closes."""

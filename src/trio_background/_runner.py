@@ -74,8 +74,9 @@ class Policy:
 class Flight:
     """One batch in flight: opened by its request, run after its response.
 
-    Made by the supervisor, which gives it a ``record`` callback (where each
-    ended task goes) and the shared ``observers``.
+    Made by the supervisor, which gives it its ``ledger`` (where each ended
+    task's record goes), the shared ``observers`` and ``on_close``, called
+    once the batch has ended.
     """
 
     __slots__ = (
@@ -91,6 +92,7 @@ class Flight:
         "number",
         "nursery",
         "observers",
+        "on_close",
         "policy",
         "ready_at",
         "request",
@@ -110,6 +112,7 @@ class Flight:
         deadline: float,
         observers: Observers,
         ledger: Ledger,
+        on_close: Callable[[Flight], None],
     ) -> None:
         self.number = number
         self.request = request
@@ -120,6 +123,7 @@ class Flight:
         self.deadline = deadline
         self.observers = observers
         self.ledger = ledger
+        self.on_close = on_close
         self.epoch = ledger.epoch
         # trio.current_time() without its wrappers: called several times per task.
         self.now = trio.lowlevel.current_clock().current_time
@@ -264,22 +268,31 @@ async def run_flight(flight: Flight) -> None:
             await _run_sequence(flight)
     finally:
         flight.nursery = None
-        await _finish(flight)
+        try:
+            if flight.policy.spill:
+                await _spill(flight)
+            _finish(flight)
+        finally:
+            flight.on_close(flight)
 
 
-async def _finish(flight: Flight) -> None:
-    """Record what is left: tasks never started are spilled or skipped."""
+async def _spill(flight: Flight) -> None:
+    """Hand off the durable tasks that never started (``spill=True``)."""
+    if flight.policy.backend is None:  # pragma: no cover - the supervisor checks
+        return
+    durable = [
+        task
+        for task in flight.batch.tasks
+        if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
+    ]
+    if durable:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
+            await hand_off(flight, durable, cut=True)
+
+
+def _finish(flight: Flight) -> None:
+    """Record what is left: tasks never started are skipped."""
     tasks = flight.batch.tasks
-    backend = flight.policy.backend
-    if flight.policy.spill and backend is not None:
-        durable = [
-            task
-            for task in tasks
-            if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
-        ]
-        if durable:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
-                await hand_off(flight, durable, cut=True)
     reason: str | None = None
     for index, task in enumerate(tasks):
         if task._recorded:  # pyright: ignore[reportPrivateUsage]

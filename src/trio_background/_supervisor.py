@@ -272,6 +272,7 @@ class Supervisor:
             deadline=state.deadline,
             observers=self._observers,
             ledger=state.ledger,
+            on_close=self._close_flight,
         )
         state.flights[number] = flight
         flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
@@ -286,12 +287,6 @@ class Supervisor:
         if not state.flights and state.idle is not None:
             state.idle.set()
             state.idle = None
-
-    async def _run_flight(self, flight: Flight) -> None:
-        try:
-            await run_flight(flight)
-        finally:
-            self._close_flight(flight)
 
     def _skip(self, flight: Flight, reason: str) -> None:
         """Record every task of ``flight`` as ``skipped`` for ``reason``, unrun."""
@@ -324,7 +319,7 @@ class Supervisor:
                 "this batch already belongs to a supervisor (a request's batch is run by the "
                 "middleware): run a new BackgroundTasks() instead"
             )
-        await self._run_flight(self._open(request, batch=batch))
+        await run_flight(self._open(request, batch=batch))
 
     # -- shutdown ----------------------------------------------------------
 
