@@ -438,8 +438,11 @@ def scale_one(
         warm = max(200, count // 10)
         fire_sync(server.port, "/none", count=warm, connections=CONNECTIONS, timeout=60)
         before = _settled_rss(server)
-        fired = fire_sync(server.port, path, count=count, connections=CONNECTIONS, timeout=120)
-        _wait_started(server, count, 60)
+        # 20,000 requests take minutes on a loaded 2-core machine: bound by count.
+        fired = fire_sync(
+            server.port, path, count=count, connections=CONNECTIONS, timeout=max(120, count / 40)
+        )
+        _wait_started(server, count, max(60, count / 100))
         after = _settled_rss(server)
         exit_s, clean = server.terminate(sizes.shutdown_timeout)
     finally:
