@@ -122,7 +122,7 @@ SIZES = {
         dispatch_async=100_000,
         dispatch_sync=10_000,
         dispatch_repeats=5,
-        scale_counts=(5_000, 10_000),
+        scale_counts=(5_000, 10_000, 20_000),
         scale_anchor_count=5_000,
         shutdown_timeout=40.0,
         scale_parallel=False,
@@ -147,16 +147,27 @@ SIZES = {
     ),
 }
 
-# Targets from the issue. Each is (description, check) on a row's numbers.
+# Targets from the issue (16, performance round two); the checks are in
+# bench_http, bench_dispatch, scale_one, bench_isolation and _scale_verdict.
 TARGETS = {
-    "http_async": ">= 0.97x FastAPI req/s, p99 <= 1.1x",
-    "http_sync": ">= 0.75x own no-task req/s, p99 <= 5x",
-    "dispatch_async": "run <= 1.5x Starlette ns/task",
+    "http_async": "CPU/req <= 1.03x own /none, req/s >= 0.98x FastAPI",
+    "http_sync": "req/s >= 0.70x own /none, ahead of every peer",
+    "dispatch_async": "run <= 1.0 us/task, full records",
     "dispatch_sync": "run <= 1.0x Starlette ns/task",
-    "scale_memory": "<= 6 KB RSS per pending task",
+    "scale_memory": "<= 10 KB RSS per pending task",
     "scale_shutdown": "SIGTERM -> exit <= 1 s, all in report",
-    "isolation": "p99 <= 1.1x idle",
+    "isolation": "p99 <= 1.3x idle",
 }
+HTTP_ASYNC_CPU = 1.03
+HTTP_ASYNC_RPS = 0.98
+HTTP_SYNC_RPS = 0.70
+DISPATCH_ASYNC_NS = 1000.0
+SCALE_KB = 10.0
+SCALE_EXIT_S = 1.0
+ISOLATION_P99 = 1.3
+# The scale row of a FastAPI endpoint whose yield dependency stays open until
+# its batch ends (kept alive by design): measured beside /sleep, no memory target.
+YIELD_PATH = "/sleep-yield"
 
 
 def short_loadgen(name: str) -> str:
@@ -313,11 +324,19 @@ def bench_http(
                 row["cpu_vs_anchor"] = paired(variant.key, endpoint, ANCHOR, endpoint, "cpu_us")
             if variant.key == "ours" and endpoint == "async" and ANCHOR in samples:
                 row["target"] = TARGETS["http_async"]
-                row["passed"] = row["rps_vs_anchor"] >= 0.97 and row["p99_vs_anchor"] <= 1.1
+                row["passed"] = (
+                    row["cpu_vs_none"] <= HTTP_ASYNC_CPU and row["rps_vs_anchor"] >= HTTP_ASYNC_RPS
+                )
             elif variant.key == "ours" and endpoint == "sync":
                 row["target"] = TARGETS["http_sync"]
-                row["passed"] = row["rps_vs_none"] >= 0.75 and row["p99_vs_none"] <= 5
             rows.append(row)
+    sync_rows = [r for r in rows if r["endpoint"] == "sync"]
+    for row in sync_rows:
+        if row["variant"] == "ours":
+            peers = [r["rps_vs_none"] for r in sync_rows if r is not row]
+            row["passed"] = row["rps_vs_none"] >= HTTP_SYNC_RPS and all(
+                row["rps_vs_none"] > peer for peer in peers
+            )
     return {"connections": CONNECTIONS, "duration_s": sizes.http_duration, "rows": rows}
 
 
@@ -362,9 +381,12 @@ def bench_dispatch(sizes: Sizes) -> dict[str, Any]:
                 "samples": {"run_ns": numbers["run_ns"], "add_ns": numbers["add_ns"]},
             }
             if variant == "ours":
-                limit = 1.5 if kind == "async" else 1.0
                 row["target"] = TARGETS[f"dispatch_{kind}"]
-                row["passed"] = row["run_vs_starlette"] <= limit
+                row["passed"] = (
+                    row["run_ns"] <= DISPATCH_ASYNC_NS
+                    if kind == "async"
+                    else row["run_vs_starlette"] <= 1.0
+                )
             rows.append(row)
     return {"repeats": data["repeats"], "rows": rows}
 
@@ -396,24 +418,31 @@ def _settled_rss(server: Server) -> int:
 
 
 def scale_one(
-    servers: Servers, variant: Variant, count: int, sizes: Sizes, workdir: Path
+    servers: Servers,
+    variant: Variant,
+    count: int,
+    sizes: Sizes,
+    workdir: Path,
+    path: str = "/sleep",
 ) -> dict[str, Any]:
-    """Leave ``count`` hour-long tasks in a fresh server, measure, SIGTERM it."""
-    report_path = workdir / f"report-{variant.key}-{count}.json"
+    """Leave ``count`` hour-long tasks (``GET path``) in a fresh server, measure, SIGTERM it."""
+    name = f"scale-{variant.key}-{count}{'-yield' if path == YIELD_PATH else ''}"
+    report_path = workdir / f"report-{name}.json"
     if variant.key == "ours":
         argv = trio_background_argv(variant, mode="cancel", report=report_path)
-        server = servers.start(f"scale-{variant.key}-{count}", argv, serving_is_child=False)
+        server = servers.start(name, argv, serving_is_child=False)
     else:
-        server = servers.start(
-            f"scale-{variant.key}-{count}", hypercorn_argv(variant), serving_is_child=True
-        )
+        server = servers.start(name, hypercorn_argv(variant), serving_is_child=True)
     try:
         server.wait_ready(60)
         warm = max(200, count // 10)
         fire_sync(server.port, "/none", count=warm, connections=CONNECTIONS, timeout=60)
         before = _settled_rss(server)
-        fired = fire_sync(server.port, "/sleep", count=count, connections=CONNECTIONS, timeout=120)
-        _wait_started(server, count, 60)
+        # 20,000 requests take minutes on a loaded 2-core machine: bound by count.
+        fired = fire_sync(
+            server.port, path, count=count, connections=CONNECTIONS, timeout=max(120, count / 40)
+        )
+        _wait_started(server, count, max(60, count / 100))
         after = _settled_rss(server)
         exit_s, clean = server.terminate(sizes.shutdown_timeout)
     finally:
@@ -423,6 +452,7 @@ def scale_one(
         "label": variant.label,
         "worker": variant.worker,
         "tasks": count,
+        "path": path,
         "fire_s": fired["duration_s"],
         "rss_before_mb": before / 2**20,
         "rss_after_mb": after / 2**20,
@@ -443,27 +473,32 @@ def scale_one(
             )
         else:
             row["reported"] = False
-        row["target"] = f"{TARGETS['scale_memory']}; {TARGETS['scale_shutdown']}"
-        row["passed"] = (
-            row["kb_per_task"] <= 6 and clean and exit_s <= 1.0 and bool(row["reported"])
-        )
+        shutdown = clean and exit_s <= SCALE_EXIT_S and bool(row["reported"])
+        if path == YIELD_PATH:
+            row["target"] = TARGETS["scale_shutdown"]
+            row["passed"] = shutdown
+        else:
+            row["target"] = f"{TARGETS['scale_memory']}; {TARGETS['scale_shutdown']}"
+            row["passed"] = row["kb_per_task"] <= SCALE_KB and shutdown
     return row
 
 
 def bench_scale(
     servers: Servers, variants: list[Variant], sizes: Sizes, workdir: Path
 ) -> dict[str, Any]:
-    jobs: list[tuple[Variant, int]] = []
+    jobs: list[tuple[Variant, int, str]] = []
     for variant in variants:
         counts = sizes.scale_counts if variant.key == "ours" else (sizes.scale_anchor_count,)
-        jobs.extend((variant, count) for count in counts)
+        jobs.extend((variant, count, "/sleep") for count in counts)
+        if variant.key == "ours":
+            jobs.append((variant, sizes.scale_anchor_count, YIELD_PATH))
     if sizes.scale_parallel:
         # Smoke runs only: all at once, since the timings mean nothing there.
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = [pool.submit(scale_one, servers, v, c, sizes, workdir) for v, c in jobs]
+            futures = [pool.submit(scale_one, servers, v, c, sizes, workdir, p) for v, c, p in jobs]
             rows = [future.result() for future in futures]
     else:
-        rows = [scale_one(servers, variant, count, sizes, workdir) for variant, count in jobs]
+        rows = [scale_one(servers, v, c, sizes, workdir, p) for v, c, p in jobs]
     return {"shutdown_timeout_s": sizes.shutdown_timeout, "rows": rows}
 
 
@@ -525,7 +560,7 @@ def bench_isolation(
             }
             if variant.key == "ours" and state == "busy":
                 row["target"] = TARGETS["isolation"]
-                row["passed"] = row["p99_vs_idle"] <= 1.1
+                row["passed"] = row["p99_vs_idle"] <= ISOLATION_P99
             rows.append(row)
     return {"duration_s": sizes.isolation_duration, "rows": rows}
 
@@ -584,9 +619,17 @@ def _scale_verdict(row: dict[str, Any]) -> str:
     """The two targets of a scale row, each with its own verdict."""
     if row.get("passed") is None:
         return ""
-    memory = row["kb_per_task"] <= 6
-    shutdown = bool(row["exited_by_itself"] and row["exit_s"] <= 1.0 and row["reported"])
+    shutdown = bool(row["exited_by_itself"] and row["exit_s"] <= SCALE_EXIT_S and row["reported"])
+    if row.get("path") == YIELD_PATH:
+        return f"shutdown {'PASS' if shutdown else 'MISS'}"
+    memory = row["kb_per_task"] <= SCALE_KB
     return f"memory {'PASS' if memory else 'MISS'}, shutdown {'PASS' if shutdown else 'MISS'}"
+
+
+def _scale_label(row: dict[str, Any]) -> str:
+    if row.get("path") == YIELD_PATH:
+        return f"{row['label']}, yield dependency"
+    return str(row["label"])
 
 
 def markdown_table(headers: list[str], lines: list[list[str]]) -> str:
@@ -693,7 +736,7 @@ def tables(results: dict[str, Any]) -> str:
         scale = results["sections"]["scale"]
         lines = [
             [
-                r["label"],
+                _scale_label(r),
                 r["worker"],
                 str(r["tasks"]),
                 _fmt(r["rss_after_mb"] - r["rss_before_mb"], ".1f"),
@@ -793,7 +836,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 color=colours[endpoint],
             )
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.axhline(0.75, color=colours["sync"], linestyle="--", linewidth=0.8, label="sync target")
+        ax.axhline(
+            HTTP_SYNC_RPS, color=colours["sync"], linestyle="--", linewidth=0.8, label="sync target"
+        )
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("req/s relative to the same app's /none")
         ax.set_title("HTTP throughput with one background task per request")
@@ -849,7 +894,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[1][1]
     if "scale" in sections:
         rows = sections["scale"]["rows"]
-        labels = [f"{r['label']}\n{r['tasks']} tasks" for r in rows]
+        labels = [f"{_scale_label(r)}\n{r['tasks']} tasks" for r in rows]
         ax.bar(
             range(len(rows)),
             [r["kb_per_task"] for r in rows],
@@ -857,7 +902,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color="#2ca02c",
             label="KB RSS per pending task",
         )
-        ax.axhline(6, color="#2ca02c", linestyle="--", linewidth=0.8, label="6 KB target")
+        ax.axhline(
+            SCALE_KB,
+            color="#2ca02c",
+            linestyle="--",
+            linewidth=0.8,
+            label=f"{SCALE_KB:g} KB target",
+        )
         ax.set_ylabel("KB per pending task")
         ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=7)
         twin = ax.twinx()

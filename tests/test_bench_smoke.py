@@ -92,10 +92,13 @@ def test_scale_rows_and_our_report(smoke: tuple[dict[str, Any], str, Path]) -> N
     results, _, _ = smoke
     sizes = results["sizes"]
     rows = results["sections"]["scale"]["rows"]
-    expected = {("ours", count) for count in sizes["scale_counts"]} | {
-        (key, sizes["scale_anchor_count"]) for key in _measured(results) if key != "ours"
+    expected = {("ours", count, "/sleep") for count in sizes["scale_counts"]} | {
+        (key, sizes["scale_anchor_count"], "/sleep") for key in _measured(results) if key != "ours"
     }
-    assert {(r["variant"], r["tasks"]) for r in rows} == expected
+    # Beside them, a FastAPI endpoint whose yield dependency stays open until its batch ends.
+    expected.add(("ours", sizes["scale_anchor_count"], "/sleep-yield"))
+    assert {(r["variant"], r["tasks"], r["path"]) for r in rows} == expected
+    assert len(rows) == len(expected)
     for row in rows:
         assert row["exit_s"] > 0
         if row["variant"] == "ours":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from bench.apps._common import COUNTS, noop_async, noop_sync, sleep_hour, spin_hour
 from trio_background import BackgroundTasksMiddleware
@@ -35,6 +36,23 @@ async def add_sync(background_tasks: BackgroundTasks) -> dict[str, Any]:
 async def add_sleep(background_tasks: BackgroundTasks) -> dict[str, Any]:
     background_tasks.add_task(sleep_hour)
     return {"ok": True}
+
+
+async def held_open() -> AsyncIterator[dict[str, Any]]:
+    """A yield dependency: it stays open until the request's batch has ended."""
+    resource: dict[str, Any] = {"open": True}
+    try:
+        yield resource
+    finally:
+        resource["open"] = False
+
+
+@app.get("/sleep-yield")
+async def add_sleep_yield(
+    background_tasks: BackgroundTasks, resource: Annotated[dict[str, Any], Depends(held_open)]
+) -> dict[str, Any]:
+    background_tasks.add_task(sleep_hour)
+    return {"ok": resource["open"]}
 
 
 @app.get("/spin")

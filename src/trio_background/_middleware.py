@@ -34,7 +34,7 @@ import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import hand_off, in_trio_or_from_thread
+from ._runner import hand_off, in_trio_or_from_thread, run_flight
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -271,14 +271,19 @@ class _Exchange:
         # yield dependencies are still open. Run the batch now, unless the
         # app is failing (the middleware then records the batch skipped).
         if exc_type is None:
-            await self.run()
+            flight = self.to_run()
+            if flight is not None:
+                await run_flight(flight)
         return False
 
-    async def run(self) -> None:
-        """Run the batch if the response is complete, else record it skipped."""
+    def to_run(self) -> Flight | None:
+        """The batch to run now if the response is complete, else None (recorded skipped).
+
+        Not a coroutine itself, so that a pending batch keeps no frame of it.
+        """
         flight = self.flight
         if flight is None or flight.running or flight.closed:
-            return
+            return None
         supervisor = self.supervisor
         if self.refused is not None:
             supervisor._skip(flight, self.refused)  # pyright: ignore[reportPrivateUsage]
@@ -290,7 +295,8 @@ class _Exchange:
         elif not self.complete:
             supervisor._skip(flight, "the app returned without completing its response")  # pyright: ignore[reportPrivateUsage]
         else:
-            await supervisor._run_flight(flight)  # pyright: ignore[reportPrivateUsage]
+            return flight
+        return None
 
     def defer_to(self, stack: AsyncExitStack) -> None:
         """Run the batch from ``stack`` (FastAPI's request exit stack) as it closes."""
@@ -449,13 +455,14 @@ class BackgroundTasksMiddleware:
                         outer.supervisor.add_observer(observer)
                 await self.app(scope, receive, send)
                 return
-            await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
+            return
         else:
             await self.app(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
+        # An HTTP request of ours, here rather than in a method of its own: a
+        # pending batch keeps every frame between the server and its tasks.
         if not self._trio_checked:
             check_trio()
             self._trio_checked = True
@@ -477,7 +484,9 @@ class BackgroundTasksMiddleware:
             adopting.reset(token)
         exchange.close()
         if exchange.flight is not None:
-            await exchange.run()
+            flight = exchange.to_run()
+            if flight is not None:
+                await run_flight(flight)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         outer = scope.get(MIDDLEWARE_KEY)

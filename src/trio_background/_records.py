@@ -26,6 +26,7 @@ __all__ = [
     "ShutdownReport",
     "TaskRecord",
     "build_record",
+    "format_error",
     "raw_record",
 ]
 
@@ -123,7 +124,7 @@ class RawRecord(NamedTuple):
     engine_id: str | None
 
 
-def _format_error(exc: BaseException) -> str:
+def format_error(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__qualname__
     return f"{name}: {text}" if text else name
@@ -148,7 +149,7 @@ def raw_record(
     return RawRecord(
         task.name,
         state,
-        None if error is None else _format_error(error),
+        None if error is None else format_error(error),
         task.reason,
         request,
         batch,

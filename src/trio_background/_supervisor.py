@@ -22,9 +22,9 @@ import trio
 
 from ._ledger import Ledger
 from ._observe import Observers, TaskObserver
-from ._records import RawRecord, ShutdownReport, TaskRecord, build_record, raw_record
+from ._records import ShutdownReport, TaskRecord
 from ._runner import ErrorHook, Flight, OnError, Policy, run_flight
-from ._tasks import BackgroundTask, BackgroundTasks
+from ._tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -271,36 +271,12 @@ class Supervisor:
             limiter=state.limiter,
             deadline=state.deadline,
             observers=self._observers,
-            epoch=state.ledger.epoch,
-            record=self._record,
+            ledger=state.ledger,
+            on_close=self._close_flight,
         )
         state.flights[number] = flight
         flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
         return flight
-
-    def _record(
-        self,
-        flight: Flight,
-        task: BackgroundTask,
-        index: int,
-        ended: float,
-        cut: bool,
-        overrun: float | None,
-    ) -> RawRecord:
-        state = self._state()
-        raw = raw_record(
-            task,
-            flight.request,
-            flight.number,
-            index,
-            ended,
-            ready=flight.ready_at,
-            overrun=overrun,
-        )
-        state.ledger.write(raw, cut=cut)
-        if self._observers:
-            self._observers.task_ended(task, build_record(raw, state.ledger.epoch))
-        return raw
 
     def _close_flight(self, flight: Flight) -> None:
         flight.closed = True
@@ -311,12 +287,6 @@ class Supervisor:
         if not state.flights and state.idle is not None:
             state.idle.set()
             state.idle = None
-
-    async def _run_flight(self, flight: Flight) -> None:
-        try:
-            await run_flight(flight)
-        finally:
-            self._close_flight(flight)
 
     def _skip(self, flight: Flight, reason: str) -> None:
         """Record every task of ``flight`` as ``skipped`` for ``reason``, unrun."""
@@ -349,7 +319,7 @@ class Supervisor:
                 "this batch already belongs to a supervisor (a request's batch is run by the "
                 "middleware): run a new BackgroundTasks() instead"
             )
-        await self._run_flight(self._open(request, batch=batch))
+        await run_flight(self._open(request, batch=batch))
 
     # -- shutdown ----------------------------------------------------------
 
@@ -389,7 +359,7 @@ class Supervisor:
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
         for flight in state.flights.values():
-            flight.scope.deadline = min(flight.scope.deadline, deadline)
+            flight.set_deadline(deadline)
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"

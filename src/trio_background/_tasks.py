@@ -279,8 +279,15 @@ class BackgroundTask:
             return
         await self._run(limiter=None)
 
-    async def _run(self, *, limiter: trio.CapacityLimiter | None) -> None:
+    async def _run(
+        self,
+        *,
+        limiter: trio.CapacityLimiter | None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
         """Run the task once and set its final state; re-raise what it raised.
+
+        ``now`` is the run's clock (``trio.current_time`` when None).
 
         Cancellation:
             An async task that is cancelled ends ``cancelled``. A sync task
@@ -294,7 +301,7 @@ class BackgroundTask:
                 "a task runs once: add it again to run it again"
             )
         self.state = TaskState.RUNNING
-        self.started_at = trio.current_time()
+        self.started_at = trio.current_time() if now is None else now()
         token = current_task.set(self)
         try:
             if self.is_async:
@@ -307,7 +314,10 @@ class BackgroundTask:
             raise
         finally:
             current_task.reset(token)
-            self._release()
+            # self._release(), inline: this runs for every task.
+            self.func = _released
+            self.args = ()
+            self.kwargs = {}
         self.state = TaskState.COMPLETED
 
     async def _run_sync(self, limiter: trio.CapacityLimiter | None) -> None:

@@ -8,6 +8,13 @@ for the thread to pick it up), the function must not start later behind
 trio's back, so "started" and "abandoned" are made exclusive under a lock and
 the task's final state is true.
 
+One hand-off less per task: ``CapacityLimiter.acquire_on_behalf_of`` ends
+with a schedule point even when a token is free, a full pass of the run loop
+before the thread even starts; the limiter is handed to trio through
+:class:`_Eager`, which takes a free token at once (after the same
+cancellation check) and waits like the limiter only when none is free. The
+limit, its statistics and the wait for a token are the limiter's own.
+
 Test clocks: a hook (installed by ``trio_background.testing``, never imported
 here) may wrap the wait for a thread, so that under ``trio.testing.MockClock``
 virtual time follows real time while a thread works, as it does in production.
@@ -18,7 +25,7 @@ from __future__ import annotations
 import inspect
 import threading
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -34,6 +41,25 @@ def set_thread_wait_hook(hook: Callable[[], AbstractContextManager[object]] | No
     """Install ``hook``: its context manager is entered while a task's thread runs."""
     global _wait_hook
     _wait_hook = hook
+
+
+class _Eager:
+    """A CapacityLimiter-like view of ``limiter`` that does not yield when a token is free."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(borrower)
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self._limiter.release_on_behalf_of(borrower)
 
 
 class ThreadOutcome:
@@ -92,7 +118,12 @@ async def run_in_thread(
     hook = _wait_hook
     with nullcontext() if hook is None else hook():
         try:
-            await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=limiter)
+            await trio.to_thread.run_sync(
+                call,
+                abandon_on_cancel=True,
+                # trio documents "a CapacityLimiter-like object" here.
+                limiter=None if limiter is None else cast("trio.CapacityLimiter", _Eager(limiter)),
+            )
         except trio.Cancelled:
             with outcome.lock:
                 outcome.withdrawn = True
