@@ -65,9 +65,8 @@ async def test_background_equals_joins_the_supervised_batch(via: str) -> None:
         assert (await served.http.post("/one")).status_code == 200
         assert (await served.http.post("/several")).status_code == 200
         report = await served.shutdown(mode="drain", drain_timeout=5)
-    assert ran == ["one", "first", "second"]
-    assert [(r.id, r.request) for r in report.completed] == [
-        ("1.0", "POST /one"),
-        ("2.0", "POST /several"),
-        ("2.1", "POST /several"),
-    ]
+    # Batches of different requests run concurrently: order holds within one.
+    assert sorted(ran) == ["first", "one", "second"]
+    assert ran.index("first") < ran.index("second")
+    by_request = sorted((r.request, r.index) for r in report.completed)
+    assert by_request == [("POST /one", 0), ("POST /several", 0), ("POST /several", 1)]
