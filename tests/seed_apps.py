@@ -30,11 +30,11 @@ def multiple_app():  # type: ignore[no-untyped-def]
     app.add_middleware(BackgroundTasksMiddleware)
 
     def slow_task_1(name: str):  # type: ignore[no-untyped-def]
-        time.sleep(2)
+        time.sleep(2)  # the seed's own code, verbatim: the slow task is the example
         print(f"Task 1 completed for {name}")
 
     def slow_task_2(name: str):  # type: ignore[no-untyped-def]
-        time.sleep(3)
+        time.sleep(3)  # the seed's own code, verbatim: the slow task is the example
         print(f"Task 2 completed for {name}")
 
     def cleanup_task():  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ def app_with(seconds: float, **options: object) -> FastAPI:
     app.add_middleware(BackgroundTasksMiddleware, **options)  # type: ignore[arg-type]
 
     async def sleeper(s: float) -> None:
-        await trio.sleep(s)
+        await trio.sleep(s)  # virtual time: this module runs under a MockClock (clock fixture)
 
     @app.post("/work")
     async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
@@ -79,7 +79,7 @@ async def serve_one_request(
         async with httpx.AsyncClient(base_url=binds[0]) as client:
             response = await client.post("/work")
         assert response.json() == {"status": "accepted"}
-        await trio.sleep(stop_after)
+        await trio.sleep(stop_after)  # virtual time (the module's MockClock)
         started = trio.current_time()
         stop.set()
     assert config.graceful_timeout == 3  # serve() copied it
@@ -155,7 +155,7 @@ async def serve_with_a_request_in_flight(**serve_options: object) -> float:
                     await client.post("/hold", timeout=None)
 
             inner.start_soon(hold)
-            await trio.sleep(1)
+            await trio.sleep(1)  # virtual time (the module's MockClock)
             started = trio.current_time()
             stop.set()
     return trio.current_time() - started
@@ -236,14 +236,14 @@ async def test_shutdown_delay_keeps_accepting_while_health_says_503(
             assert (await client.get("/healthz")).status_code == 200
         started = trio.current_time()
         stop.set()
-        await trio.sleep(4)
+        await trio.sleep(4)  # virtual time (the module's MockClock): inside the delay
         # A new connection during the delay is accepted and answered.
         async with httpx.AsyncClient(base_url=binds[0]) as client:
             response = await client.get("/healthz")
             assert response.status_code == 503
             assert response.json()["status"] == "shutting down"
             assert (await client.post("/work")).status_code == 200
-        await trio.sleep(2)
+        await trio.sleep(2)  # virtual time (the module's MockClock): past the delay
         with pytest.raises(httpx.ConnectError):  # the delay is over: not accepting
             async with httpx.AsyncClient(base_url=binds[0]) as client:
                 await client.get("/healthz")

@@ -61,7 +61,7 @@ async def hang_once(name: str) -> str:
 async def take_a_second(name: str) -> str:
     """Takes a second (well inside the drain deadlines the tests give it), then leaves the mark."""
     _say(f"take_a_second {name} started")
-    await trio.sleep(1)
+    await trio.sleep(1)  # the feature: work in a worker process, killable mid-task
     _mark(name)
     return name
 

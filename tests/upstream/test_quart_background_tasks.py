@@ -40,7 +40,7 @@ async def test_background_task(serve: ServeApp) -> None:
 
     async def background() -> None:
         nonlocal data
-        await trio.sleep(0.5)
+        await trio.sleep(0.5)  # the feature: outlasts the response
         data = current_app.config["DATA"]
 
     @app.route("/")
@@ -65,7 +65,7 @@ async def test_lifespan_background_task(serve: ServeApp) -> None:
 
     async def background() -> None:
         nonlocal data
-        await trio.sleep(0.5)
+        await trio.sleep(0.5)  # the feature: outlasts the response
         data = current_app.config["DATA"]
 
     @app.before_serving
@@ -87,7 +87,7 @@ async def test_sync_background_task(serve: ServeApp) -> None:
 
     def background() -> None:
         nonlocal data
-        time.sleep(0.5)
+        time.sleep(0.5)  # the feature: outlasts the response
         data = current_app.config["DATA"]
 
     @app.route("/")

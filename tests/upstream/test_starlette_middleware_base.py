@@ -49,7 +49,7 @@ async def test_run_background_tasks_even_if_client_disconnects(serve: ServeApp) 
 
     async def sleep_and_set() -> None:
         # The delay gives BaseHTTPMiddleware a chance to cancel the task.
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the feature: outlasts the response
         background_task_run.set()
 
     async def endpoint_with_background_task(_: Request) -> PlainTextResponse:
@@ -73,7 +73,7 @@ async def test_run_background_tasks_even_if_client_disconnects(serve: ServeApp) 
 
 def raising_app() -> Starlette:
     async def sleep_and_raise() -> None:
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the feature: outlasts the response
         raise ValueError("TEST")
 
     async def endpoint_with_background_task(_: Request) -> PlainTextResponse:
@@ -116,7 +116,7 @@ async def test_do_not_block_on_background_tasks(serve: ServeApp) -> None:
 
     async def sleep_and_set(name: str) -> None:
         events.append(("Background task started", name))
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the feature: outlasts the response
         events.append(("Background task finished", name))
 
     async def endpoint_with_background_task(request: Request) -> PlainTextResponse:
@@ -170,7 +170,7 @@ async def test_run_context_manager_exit_even_if_client_disconnects(serve: ServeA
     context_manager_exited = trio.Event()
 
     async def sleep_and_set() -> None:
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the feature: outlasts the response
         context_manager_exited.set()
 
     class ContextManagerMiddleware:
