@@ -37,6 +37,8 @@ from typing import Any
 import httpx
 import trio
 
+from bench._table import aligned
+
 if sys.version_info < (3, 11):  # pragma: no cover
     sys.exit("bench.durable needs Python 3.11+ (streaQ's floor)")
 
@@ -137,10 +139,7 @@ def _table(latencies: dict[str, list[float]]) -> str:
                 extra,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ import trio
 import trio.testing
 
 import trio_background
+from bench._table import aligned
 from trio_background import BackgroundTasks, Supervisor, monitor
 
 TARGET_MS = 10.0
@@ -137,16 +138,7 @@ def _table(results: dict[str, dict[str, Any]], active: int, repeats: int) -> str
                 "-" if verdict is None else "pass" if verdict else "FAIL",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

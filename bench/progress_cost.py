@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import trio_background
+from bench._table import aligned
 from trio_background import BackgroundTasks, Supervisor, report_progress
 
 if TYPE_CHECKING:
@@ -121,16 +122,7 @@ def _table(per_call: dict[str, list[float]], calls: int, repeats: int) -> str:
                 "-" if verdict is None else "pass" if verdict else "FAIL",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
