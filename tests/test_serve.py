@@ -7,6 +7,7 @@ still pass at once.
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 
 import httpx
@@ -293,3 +294,31 @@ async def test_serve_backend_needs_an_unwrapped_app() -> None:
         r"middleware instead, BackgroundTasksMiddleware\(app, backend=backend\)$",
     ):
         await serve(BackgroundTasksMiddleware(app_with(1)), backend=RecordingBackend())
+
+
+@pytest.mark.parametrize("freeze_gc", [False, True])
+async def test_freeze_gc_freezes_the_heap_only_when_asked_and_only_while_stopping(
+    clock: trio.testing.MockClock, freeze_gc: bool
+) -> None:
+    seen: list[int] = []
+
+    async def note_the_collector() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            seen.append(gc.get_freeze_count())
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(note_the_collector)
+        return {"status": "accepted"}
+
+    assert gc.get_freeze_count() == 0
+    report, _ = await serve_one_request(app, stop_after=1, mode="cancel", freeze_gc=freeze_gc)
+    assert report.count("cancelled") == 1
+    [frozen] = seen
+    assert (frozen > 0) is freeze_gc  # frozen during the cut, if asked
+    assert gc.get_freeze_count() == 0  # and thawed once serve() returned

@@ -258,8 +258,15 @@ class _Exchange:
         observers = self.supervisor._observers  # pyright: ignore[reportPrivateUsage]
         if observers:
             observers.response_complete(self.scope)
-        if self.stack is not None and self.flight is not None:
-            self.stack.push_async_exit(self._run_from_stack)
+        stack = self.stack
+        if stack is not None and self.flight is not None:
+            if _holds_callbacks(stack):
+                stack.push_async_exit(self._run_from_stack)
+            else:
+                # No yield dependency to keep open: the batch runs from the
+                # middleware once FastAPI has returned, and a pending batch
+                # keeps none of FastAPI's frames alive (about half its memory).
+                self.stack = None
 
     async def _run_from_stack(
         self,
@@ -304,6 +311,12 @@ class _Exchange:
 
 
 _NO_SCOPE: Scope = {}
+
+
+def _holds_callbacks(stack: AsyncExitStack) -> bool:
+    """Whether ``stack`` has exit callbacks (True when that cannot be told)."""
+    callbacks = getattr(stack, "_exit_callbacks", None)
+    return callbacks is None or len(callbacks) > 0
 
 
 async def _send_after_return(message: Message) -> None:

@@ -26,6 +26,7 @@ deadline, logs the report and then propagates.
 from __future__ import annotations
 
 import copy
+import gc
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -67,11 +68,15 @@ class ShutdownControl:
         mode: Mode | None,
         drain_timeout: float | None,
         delay: float,
+        *,
+        freeze_gc: bool = False,
     ) -> None:
         self.middleware = middleware
         self.mode: Mode | None = mode
         self.drain_timeout = drain_timeout
         self.delay = delay
+        self.freeze_gc = freeze_gc
+        self._frozen = False
         self.requested = trio.Event()
         self._hurry = trio.Event()
         self._signals = 0
@@ -85,6 +90,12 @@ class ShutdownControl:
         """Begin shutdown now, for ``cause`` (only the first call counts)."""
         if self.requested.is_set():
             return
+        if self.freeze_gc and not self._frozen:
+            # Process-wide, so only when asked (freeze_gc=True, --freeze-gc):
+            # what lives now leaves the collector's sight, and cutting many
+            # pending tasks no longer costs full collections over all of them.
+            gc.freeze()
+            self._frozen = True
         self.supervisor.begin_shutdown(
             mode=self.mode, drain_timeout=self.drain_timeout, cause=cause
         )
@@ -103,6 +114,12 @@ class ShutdownControl:
             self.request("signal")
         else:
             self.escalate()
+
+    def thaw(self) -> None:
+        """Undo the freeze of :meth:`request`, if it froze (the server has stopped)."""
+        if self._frozen:
+            self._frozen = False
+            gc.unfreeze()
 
     async def stop_accepting(self) -> None:
         """Return when Hypercorn should stop accepting (after the delay)."""
@@ -137,6 +154,7 @@ async def serve(
     handle_signals: bool = True,
     backend: DurableBackend | None = None,
     spill: bool = False,
+    freeze_gc: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> ShutdownReport:
     """Serve ``app`` with Hypercorn's trio worker until shutdown; report.
@@ -162,6 +180,13 @@ async def serve(
             wrapped already.
         spill: At the drain deadline, hand durable tasks not yet started
             off to ``backend`` instead of skipping them.
+        freeze_gc: When shutdown begins, call ``gc.freeze()`` (and
+            ``gc.unfreeze()`` once the server has stopped). Process-wide,
+            hence off by default: with thousands of pending tasks, each full
+            collection walks all of them (about 0.5 s at 10,000 pending
+            FastAPI requests), and cutting them triggers such collections;
+            frozen, the cut pays only for what it allocates. See
+            :ref:`deploying-many-pending`.
         task_status: With ``await nursery.start(serve, app)``, the bound URLs
             (as Hypercorn's ``serve`` gives them) once the server listens.
 
@@ -187,7 +212,7 @@ async def serve(
     middleware = wrap(app, backend, spill=spill)
     if config is None:
         config = Config()
-    control = ShutdownControl(middleware, mode, drain_timeout, shutdown_delay)
+    control = ShutdownControl(middleware, mode, drain_timeout, shutdown_delay, freeze_gc=freeze_gc)
 
     async def watch(control: ShutdownControl) -> None:
         async with trio.open_nursery() as nursery:
@@ -296,4 +321,5 @@ async def serve_middleware(
             raise
         finally:
             nursery.cancel_scope.cancel()
+            control.thaw()
     return control.supervisor.close()

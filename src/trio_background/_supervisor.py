@@ -13,6 +13,7 @@ and used by many ``trio.run`` calls (a test suite) starts each run fresh.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import trio
 from ._ledger import Ledger
 from ._observe import Observers, TaskObserver
 from ._records import ShutdownReport, TaskRecord
-from ._runner import ErrorHook, Flight, OnError, Policy, run_flight
+from ._runner import CutWatch, ErrorHook, Flight, OnError, Policy, run_flight
 from ._tasks import BackgroundTasks
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ class _RunState:
         self.shutdown_started_at: float | None = None
         self.deadline = math.inf  # on trio's clock
         self.final: ShutdownReport | None = None
+        self.watch: CutWatch | None = None
 
 
 class Supervisor:
@@ -274,6 +276,7 @@ class Supervisor:
             ledger=state.ledger,
             on_close=self._close_flight,
         )
+        flight.watch = state.watch
         state.flights[number] = flight
         flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
         return flight
@@ -358,7 +361,13 @@ class Supervisor:
         state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
+        watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
+        if state.watch is not None:
+            trio.lowlevel.remove_instrument(state.watch)
+        trio.lowlevel.add_instrument(watch)
+        state.watch = watch
         for flight in state.flights.values():
+            flight.watch = watch
             flight.set_deadline(deadline)
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
@@ -434,6 +443,9 @@ class Supervisor:
         if state.shutdown_started_at is None and state.cause is None:
             state.cause = cause
         report = state.final = self.report()
+        if state.watch is not None:
+            with contextlib.suppress(KeyError):  # a test may have removed it
+                trio.lowlevel.remove_instrument(state.watch)
         if report.all_completed:
             logger.info("%s", report.summary())
         else:

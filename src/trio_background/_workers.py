@@ -65,6 +65,7 @@ class WorkerSpec:
     mode: Mode | None
     drain_timeout: float | None
     shutdown_delay: float
+    freeze_gc: bool
     log_level: str
     configure_logging: Callable[[Config, str], None]
     config: Config
@@ -93,7 +94,9 @@ def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str
 async def _serve_worker(
     spec: WorkerSpec, middleware: BackgroundTasksMiddleware, conn: Connection
 ) -> ShutdownReport:
-    control = ShutdownControl(middleware, spec.mode, spec.drain_timeout, spec.shutdown_delay)
+    control = ShutdownControl(
+        middleware, spec.mode, spec.drain_timeout, spec.shutdown_delay, freeze_gc=spec.freeze_gc
+    )
 
     async def listen(control: ShutdownControl) -> None:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -195,3 +196,85 @@ async def test_a_shielded_task_that_overruns_is_recorded_with_its_real_end(via: 
     [record] = report.completed  # type: ignore[attr-defined]
     assert record.overrun > 0
     assert record.ended_at > report.deadline  # type: ignore[attr-defined]
+
+
+async def test_tasks_cut_late_because_the_loop_was_busy_did_not_overrun(
+    via: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop is busy when the deadline comes (as with 10,000 batches to cut at once)."""
+    count = 5
+    started = trio.Semaphore(0)
+
+    async def waits() -> None:
+        started.release()
+        await trio.sleep_forever()
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+
+    @app.post("/wait")
+    async def wait(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(waits)
+
+    async with serving(app, via) as served:
+        for _ in range(count):
+            await served.http.post("/wait")
+        for _ in range(count):
+            await started.acquire()
+        served.supervisor.begin_shutdown(mode="cancel")
+        # The feature: the event loop is held past the deadline, before trio
+        # gets to deliver the cut (what cutting thousands of batches costs).
+        time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the point
+        report = await served.shutdown(mode="cancel")
+    assert report.count("cancelled") == count
+    for record in report.cancelled:
+        assert record.ended_at is not None
+        assert report.deadline is not None
+        assert record.ended_at - report.deadline >= 0.2  # late indeed
+        assert record.overrun is None  # but not through any fault of its own
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not any("after the shutdown deadline" in message for message in warnings)
+
+
+async def test_a_task_that_waits_in_its_cleanup_overruns(
+    via: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = trio.Event()
+
+    async def slow_cleanup() -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.1)  # the feature: cleanup that outlasts the deadline
+
+    quick_started = trio.Event()
+
+    async def quick() -> None:
+        quick_started.set()
+        await trio.sleep_forever()
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+
+    @app.post("/slow")
+    async def slow(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(slow_cleanup)
+
+    @app.post("/quick")
+    async def go_quick(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(quick)
+
+    async with serving(app, via) as served:
+        await served.http.post("/slow")
+        await served.http.post("/quick")
+        await started.wait()
+        await quick_started.wait()
+        report = await served.shutdown(mode="cancel")
+    by_name = {record.name.rsplit(".", 1)[-1]: record for record in report.cancelled}
+    assert by_name["slow_cleanup"].overrun is not None
+    assert by_name["slow_cleanup"].overrun >= 0.1
+    assert by_name["quick"].overrun is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("after the shutdown deadline" in message for message in warnings) == 1

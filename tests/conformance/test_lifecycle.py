@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import pytest
 import trio
 import trio.testing
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -21,7 +21,7 @@ from trio_background.testing import open_client
 from .conftest import serving
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 
 def fail() -> None:
@@ -241,3 +241,53 @@ async def test_a_sync_task_doing_real_work_ends_as_in_production(
     [abandoned] = report.abandoned
     assert abandoned.name.endswith("real_work")
     assert report.total == 1
+
+
+async def held_open() -> AsyncIterator[dict[str, bool]]:
+    """A yield dependency: open until the request's batch has ended."""
+    resource = {"open": True}
+    yield resource
+    resource["open"] = False
+
+
+async def test_a_pending_batch_keeps_fastapis_request_objects_only_for_yield_dependencies(
+    via: str,
+) -> None:
+    """Without a yield dependency to keep open, FastAPI's request is gone before the batch runs."""
+    freed: dict[str, bool] = {}
+
+    def watch(name: str, ref: weakref.ref[Request]) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            freed[name] = ref() is None  # by reference counting alone: no gc.collect()
+
+        return check
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+
+    @app.post("/plain")
+    async def plain(request: Request, background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(watch("plain", weakref.ref(request)))
+
+    @app.post("/yield")
+    async def with_yield(
+        request: Request,
+        background_tasks: BackgroundTasks,
+        resource: Annotated[dict[str, bool], Depends(held_open)],
+    ) -> None:
+        async def still_open() -> None:
+            freed["yield dependency closed"] = not resource["open"]
+
+        background_tasks.add_task(watch("yield", weakref.ref(request)))
+        background_tasks.add_task(still_open)
+
+    async with serving(app, via) as served:
+        for path in ("/plain", "/yield"):
+            assert (await served.http.post(path)).status_code == 200
+        report = await served.shutdown()
+    assert report.all_completed
+    # FastAPI's frames (and the Request they hold) are gone while the batch runs...
+    assert freed["plain"] is True
+    # ...but kept by design while a yield dependency must stay open for the tasks.
+    assert freed["yield"] is False
+    assert freed["yield dependency closed"] is False
