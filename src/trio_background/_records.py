@@ -59,7 +59,8 @@ class TaskRecord:
         progress: The last progress it reported, or None.
         overrun: Seconds it ended after the shutdown deadline (it shielded
             itself, swallowed the cancellation or blocked the event loop), or
-            None if it ended in time.
+            None if it ended in time (or was cut as soon as the event loop got
+            to it, however busy the loop was).
         waited: Seconds from its response being complete to its start (the
             wait for a thread included), or None if it never started.
         engine_id: The durable engine's id of a handed-off task, or None.
