@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -47,6 +47,9 @@ from tests.redis_fixture import RedisServer
 from trio_background import BackgroundTask, BackgroundTasksMiddleware, from_scope
 from trio_background.streaq import StreaqBackend
 from trio_background.testing import open_live_server
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
 
 RESULTS = Path(__file__).resolve().parent / "results" / "durable.json"
 
@@ -64,7 +67,7 @@ async def local_job(n: int) -> int:
     return n
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await receive()  # startup
         await send({"type": "lifespan.startup.complete"})

@@ -52,7 +52,7 @@ CASES = {POLL: ("/tasks", b""), BIG: ("/tasks", b"limit=1000"), PAGE: ("/", b"")
 
 async def _call(app: Any, path: str, query: bytes) -> tuple[int, int]:
     """Call the monitor once; return (ns, bytes of body)."""
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http",
         "method": "GET",
         "path": path,

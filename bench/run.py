@@ -3,7 +3,8 @@
 Run ``make bench`` (or ``python -m bench.run``); ``--smoke`` runs every
 measurement with tiny sizes, to check that the program works, not to time
 anything. It prints one table per measurement, writes every sample and
-median as JSON to ``bench/results/``, and renders ``docs/_static/bench.png``.
+median as JSON to ``bench/results/`` (rewritten after each section, so a run
+that stops keeps what it measured), and renders ``docs/_static/bench.png``.
 
 The one hard idea: the machine is shared and noisy, so no number is read
 alone. Variants are measured interleaved (A B C A B C ...), the order
@@ -18,7 +19,10 @@ Measurements (targets are printed as a pass/fail column, never asserted):
 
 1. http: requests/s and p99 of ``/none``, ``/async``, ``/sync`` per variant.
 2. dispatch: one batch of no-op tasks in process, ns per task.
-3. scale: RSS per pending task, and SIGTERM to process exit.
+3. scale: RSS per pending task, and SIGTERM to process exit (ours also with
+   ``--freeze-gc``, and how many report records overran the deadline). A job
+   that fails (server, load, a bound) is a MISS row with its error; the
+   other jobs still run.
 4. isolation: p99 of ``/none`` while 1,000 tasks run, against idle.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -38,9 +43,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from bench.load import fire_sync
+import psutil  # type: ignore[import-untyped]
+import trio
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from bench.load import LoadError, fire_sync
 from bench.servers import (
     ROOT,
     Server,
@@ -168,6 +179,17 @@ ISOLATION_P99 = 1.3
 # The scale row of a FastAPI endpoint whose yield dependency stays open until
 # its batch ends (kept alive by design): measured beside /sleep, no memory target.
 YIELD_PATH = "/sleep-yield"
+# What ends one scale job, not the run: the job's row says so (``error``) and
+# the others still run. Anything else is a bug in the benchmark and stops it.
+SCALE_ERRORS: tuple[type[Exception], ...] = (
+    ServerError,
+    LoadError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    subprocess.TimeoutExpired,
+    OSError,
+    psutil.Error,
+)
 
 
 def short_loadgen(name: str) -> str:
@@ -417,34 +439,105 @@ def _settled_rss(server: Server) -> int:
     return previous
 
 
-def scale_one(
-    servers: Servers,
-    variant: Variant,
-    count: int,
-    sizes: Sizes,
-    workdir: Path,
-    path: str = "/sleep",
-) -> dict[str, Any]:
-    """Leave ``count`` hour-long tasks (``GET path``) in a fresh server, measure, SIGTERM it."""
-    name = f"scale-{variant.key}-{count}{'-yield' if path == YIELD_PATH else ''}"
-    report_path = workdir / f"report-{name}.json"
-    if variant.key == "ours":
-        argv = trio_background_argv(variant, mode="cancel", report=report_path)
-        server = servers.start(name, argv, serving_is_child=False)
+@dataclass(frozen=True)
+class ScaleJob:
+    """One scale row: ``count`` requests to ``path`` of a fresh server of ``variant``."""
+
+    variant: Variant
+    count: int
+    path: str = "/sleep"
+    freeze_gc: bool = False
+    """Ours only: serve with ``--freeze-gc`` (``gc.freeze()`` when shutdown begins)."""
+
+    @property
+    def name(self) -> str:
+        return (
+            f"scale-{self.variant.key}-{self.count}"
+            f"{'-yield' if self.path == YIELD_PATH else ''}"
+            f"{'-freeze-gc' if self.freeze_gc else ''}"
+        )
+
+
+def _is_scale_error(exc: BaseException) -> bool:
+    """``exc`` is one of SCALE_ERRORS, or a group (from a nursery) of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return all(_is_scale_error(inner) for inner in group.exceptions)
+    return isinstance(exc, SCALE_ERRORS)
+
+
+def _error_text(stage: str, exc: BaseException, bound: float | None) -> str:
+    """One line: where the job failed and why (a ServerError's log tail stays in the log)."""
+    if isinstance(exc, BaseExceptionGroup):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return "; ".join(_error_text(stage, inner, bound) for inner in group.exceptions)
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    first = lines[0].rstrip(":") if lines else ""
+    if len(lines) > 1:  # a ServerError's log tail: its last line says most
+        first += f" ({lines[-1]})"
+    if isinstance(exc, trio.TooSlowError) and bound is not None:
+        first = first or f"not done in {bound:g}s"
+    text = f"{stage}: {type(exc).__name__}" + (f": {first}" if first else "")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def overruns(report: dict[str, Any]) -> int:
+    """How many records of a shutdown report have an ``overrun`` (ended past the deadline).
+
+    The report has a list of records for each state it counts (``counts``).
+    """
+    return sum(
+        1
+        for state in report["counts"]
+        for record in report.get(state, [])
+        if record.get("overrun") is not None
+    )
+
+
+def scale_one(servers: Servers, job: ScaleJob, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """Leave ``job.count`` hour-long tasks (``GET job.path``) in a fresh server, measure,
+    SIGTERM it.
+
+    A failure of the job (SCALE_ERRORS: the server, the load, a bound) is the row's
+    ``error``, with what was measured before it; the server is stopped either way.
+    """
+    variant, count, path = job.variant, job.count, job.path
+    ours = variant.key == "ours"
+    report_path = workdir / f"report-{job.name}.json"
+    before: int | None = None
+    after: int | None = None
+    fired: dict[str, Any] | None = None
+    exit_s: float | None = None
+    clean: bool | None = None
+    error: str | None = None
+    stage, bound = "start", 60.0
+    if ours:
+        extra = ("--freeze-gc",) if job.freeze_gc else ()
+        argv = trio_background_argv(variant, mode="cancel", report=report_path, extra=extra)
+        server = servers.start(job.name, argv, serving_is_child=False)
     else:
-        server = servers.start(name, hypercorn_argv(variant), serving_is_child=True)
+        server = servers.start(job.name, hypercorn_argv(variant), serving_is_child=True)
     try:
-        server.wait_ready(60)
+        server.wait_ready(bound)
         warm = max(200, count // 10)
-        fire_sync(server.port, "/none", count=warm, connections=CONNECTIONS, timeout=60)
+        stage, bound = "warm-up /none", 60.0
+        fire_sync(server.port, "/none", count=warm, connections=CONNECTIONS, timeout=bound)
+        stage, bound = "RSS before", 10.0
         before = _settled_rss(server)
         # 20,000 requests take minutes on a loaded 2-core machine: bound by count.
-        fired = fire_sync(
-            server.port, path, count=count, connections=CONNECTIONS, timeout=max(120, count / 40)
-        )
-        _wait_started(server, count, max(60, count / 100))
+        stage, bound = f"fire {count} x {path}", max(120.0, count / 40)
+        fired = fire_sync(server.port, path, count=count, connections=CONNECTIONS, timeout=bound)
+        stage, bound = "wait started", max(60.0, count / 100)
+        _wait_started(server, count, bound)
+        stage, bound = "RSS after", 10.0
         after = _settled_rss(server)
-        exit_s, clean = server.terminate(sizes.shutdown_timeout)
+        stage, bound = "SIGTERM", sizes.shutdown_timeout
+        exit_s, clean = server.terminate(bound)
+    except Exception as exc:
+        if not _is_scale_error(exc):
+            raise
+        error = _error_text(stage, exc, bound)
+        print(f"bench: {job.name} failed ({error}); its row says so", flush=True)
     finally:
         server.kill()
     row: dict[str, Any] = {
@@ -453,52 +546,65 @@ def scale_one(
         "worker": variant.worker,
         "tasks": count,
         "path": path,
-        "fire_s": fired["duration_s"],
-        "rss_before_mb": before / 2**20,
-        "rss_after_mb": after / 2**20,
-        "kb_per_task": (after - before) / count / 1024,
+        "freeze_gc": job.freeze_gc,
+        "fire_s": None if fired is None else fired["duration_s"],
+        "rss_before_mb": None if before is None else before / 2**20,
+        "rss_after_mb": None if after is None else after / 2**20,
+        "kb_per_task": None if before is None or after is None else (after - before) / count / 1024,
         "exit_s": exit_s,
         "exited_by_itself": clean,
         "reported": None,
         "report_counts": None,
+        "overruns": None,
         "target": None,
         "passed": None,
+        "error": error,
     }
-    if variant.key == "ours":
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
+    if ours:
+        report = None
+        if error is None and report_path.exists():
+            report = json.loads(report_path.read_text())
         if report is not None:
             row["report_counts"] = report["counts"]
             row["reported"] = (
                 report["counts"].get("cancelled", 0) == count and len(report["cancelled"]) == count
             )
-        else:
+            row["overruns"] = overruns(report)
+        elif error is None:
             row["reported"] = False
-        shutdown = clean and exit_s <= SCALE_EXIT_S and bool(row["reported"])
-        if path == YIELD_PATH:
-            row["target"] = TARGETS["scale_shutdown"]
-            row["passed"] = shutdown
+        row["target"] = (
+            TARGETS["scale_shutdown"]
+            if path == YIELD_PATH
+            else f"{TARGETS['scale_memory']}; {TARGETS['scale_shutdown']}"
+        )
+        if error is not None:
+            row["passed"] = False
         else:
-            row["target"] = f"{TARGETS['scale_memory']}; {TARGETS['scale_shutdown']}"
-            row["passed"] = row["kb_per_task"] <= SCALE_KB and shutdown
+            shutdown = bool(clean) and exit_s is not None and exit_s <= SCALE_EXIT_S
+            shutdown = shutdown and bool(row["reported"])
+            memory = path == YIELD_PATH or row["kb_per_task"] <= SCALE_KB
+            row["passed"] = memory and shutdown
     return row
 
 
 def bench_scale(
     servers: Servers, variants: list[Variant], sizes: Sizes, workdir: Path
 ) -> dict[str, Any]:
-    jobs: list[tuple[Variant, int, str]] = []
+    jobs: list[ScaleJob] = []
     for variant in variants:
         counts = sizes.scale_counts if variant.key == "ours" else (sizes.scale_anchor_count,)
-        jobs.extend((variant, count, "/sleep") for count in counts)
+        jobs.extend(ScaleJob(variant, count) for count in counts)
         if variant.key == "ours":
-            jobs.append((variant, sizes.scale_anchor_count, YIELD_PATH))
+            jobs.append(ScaleJob(variant, sizes.scale_anchor_count, YIELD_PATH))
+            # The same /sleep shutdown at the largest count, with the heap frozen first.
+            jobs.append(ScaleJob(variant, max(sizes.scale_counts), freeze_gc=True))
     if sizes.scale_parallel:
         # Smoke runs only: all at once, since the timings mean nothing there.
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = [pool.submit(scale_one, servers, v, c, sizes, workdir, p) for v, c, p in jobs]
+            futures = [pool.submit(scale_one, servers, job, sizes, workdir) for job in jobs]
             rows = [future.result() for future in futures]
     else:
-        rows = [scale_one(servers, v, c, sizes, workdir, p) for v, c, p in jobs]
+        rows = [scale_one(servers, job, sizes, workdir) for job in jobs]
     return {"shutdown_timeout_s": sizes.shutdown_timeout, "rows": rows}
 
 
@@ -616,7 +722,9 @@ def _verdict(row: dict[str, Any]) -> str:
 
 
 def _scale_verdict(row: dict[str, Any]) -> str:
-    """The two targets of a scale row, each with its own verdict."""
+    """The two targets of a scale row, each with its own verdict; or the job's error."""
+    if row.get("error"):
+        return f"MISS: {row['error']}"
     if row.get("passed") is None:
         return ""
     shutdown = bool(row["exited_by_itself"] and row["exit_s"] <= SCALE_EXIT_S and row["reported"])
@@ -629,7 +737,21 @@ def _scale_verdict(row: dict[str, Any]) -> str:
 def _scale_label(row: dict[str, Any]) -> str:
     if row.get("path") == YIELD_PATH:
         return f"{row['label']}, yield dependency"
+    if row.get("freeze_gc"):
+        return f"{row['label']}, --freeze-gc"
     return str(row["label"])
+
+
+def _rss_growth(row: dict[str, Any]) -> float | None:
+    if row.get("rss_after_mb") is None or row.get("rss_before_mb") is None:
+        return None
+    return float(row["rss_after_mb"] - row["rss_before_mb"])
+
+
+def _exit_cell(row: dict[str, Any]) -> str:
+    if row.get("exit_s") is None:
+        return "-"
+    return _fmt(row["exit_s"], ".2f") + ("" if row["exited_by_itself"] else " (killed)")
 
 
 def markdown_table(headers: list[str], lines: list[list[str]]) -> str:
@@ -651,6 +773,9 @@ def tables(results: dict[str, Any]) -> str:
         f"{machine['python']}; load generator: {short_loadgen(machine['load_generator'])}, "
         f"-c{CONNECTIONS}; mode: {results['mode']}; took {results['elapsed_s']:.0f}s"
     )
+    if results.get("complete") is False:
+        done = ", ".join(results["sections"]) or "none"
+        parts.append(f"Incomplete run: it stopped before its end (sections done: {done})")
     for name, reason in results["skipped"].items():
         parts.append(f"Skipped {name}: {reason}")
     if "http" in results["sections"]:
@@ -739,10 +864,11 @@ def tables(results: dict[str, Any]) -> str:
                 _scale_label(r),
                 r["worker"],
                 str(r["tasks"]),
-                _fmt(r["rss_after_mb"] - r["rss_before_mb"], ".1f"),
+                _fmt(_rss_growth(r), ".1f"),
                 _fmt(r["kb_per_task"], ".1f"),
-                _fmt(r["exit_s"], ".2f") + ("" if r["exited_by_itself"] else " (killed)"),
+                _exit_cell(r),
                 "-" if r["reported"] is None else _fmt(r["reported"]),
+                _fmt(r.get("overruns")),
                 r["target"] or "",
                 _scale_verdict(r),
             ]
@@ -750,7 +876,8 @@ def tables(results: dict[str, Any]) -> str:
         ]
         parts.append(
             "\n3. Scale and shutdown (pending tasks each sleeping an hour; one run each; "
-            f"SIGTERM bounded at {scale['shutdown_timeout_s']:g}s)\n"
+            f"SIGTERM bounded at {scale['shutdown_timeout_s']:g}s; overrun records: ours, "
+            "records in the report with an overrun, ended past the deadline)\n"
             + markdown_table(
                 [
                     "variant",
@@ -760,6 +887,7 @@ def tables(results: dict[str, Any]) -> str:
                     "KB/task",
                     "SIGTERM->exit s",
                     "all reported",
+                    "overrun records",
                     "target",
                     "",
                 ],
@@ -894,10 +1022,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[1][1]
     if "scale" in sections:
         rows = sections["scale"]["rows"]
-        labels = [f"{_scale_label(r)}\n{r['tasks']} tasks" for r in rows]
+        labels = [
+            f"{_scale_label(r)}\n{r['tasks']} tasks{' (failed)' if r.get('error') else ''}"
+            for r in rows
+        ]
+        kb = [math.nan if r["kb_per_task"] is None else r["kb_per_task"] for r in rows]
+        exits = [r["exit_s"] for r in rows if r["exit_s"] is not None]
         ax.bar(
             range(len(rows)),
-            [r["kb_per_task"] for r in rows],
+            kb,
             0.4,
             color="#2ca02c",
             label="KB RSS per pending task",
@@ -910,10 +1043,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             label=f"{SCALE_KB:g} KB target",
         )
         ax.set_ylabel("KB per pending task")
-        ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=7)
+        ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=6.5)
+        ax.set_xlim(-0.6, len(rows) - 0.4)  # failed rows (no bar) keep their place
         twin = ax.twinx()
-        clean = [i for i, r in enumerate(rows) if r["exited_by_itself"]]
-        killed = [i for i, r in enumerate(rows) if not r["exited_by_itself"]]
+        # A failed job (its row's error) may have no exit time: no marker.
+        timed = [i for i, r in enumerate(rows) if r["exit_s"] is not None]
+        clean = [i for i in timed if rows[i]["exited_by_itself"]]
+        killed = [i for i in timed if not rows[i]["exited_by_itself"]]
         twin.plot(
             clean,
             [rows[i]["exit_s"] for i in clean],
@@ -933,15 +1069,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
         twin.set_ylabel("SIGTERM to exit, s")
         handles = ax.get_legend_handles_labels()
         twin_handles = twin.get_legend_handles_labels()
-        ax.set_ylim(0, max(r["kb_per_task"] for r in rows) * 1.6)
-        twin.set_ylim(0, max(r["exit_s"] for r in rows) * 1.6)
+        ax.set_ylim(0, max([k for k in kb if k == k] or [1.0]) * 1.6)
+        twin.set_ylim(0, max(exits or [1.0]) * 1.6)
         ax.legend(
             handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=7, loc="upper left"
         )
         ax.set_title("Pending tasks: memory, and shutdown time")
 
     machine = results["machine"]
-    fig.suptitle(
+    fig.suptitle(  # pyright: ignore[reportUnknownMemberType]
         f"trio-background benchmarks: {machine['cpu_count']} cores, Python {machine['python']}, "
         f"Hypercorn {machine['versions']['hypercorn']} trio worker, "
         f"{short_loadgen(machine['load_generator'])} -t1 -c{CONNECTIONS}",
@@ -949,7 +1085,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110)  # pyright: ignore[reportUnknownMemberType]
     plt.close(fig)
 
 
@@ -1000,6 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    results: dict[str, Any]
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
         plot_path = args.plot or ROOT / "docs" / "_static" / "bench.png"
@@ -1039,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "bench-smoke.png" if args.smoke else ROOT / "docs" / "_static" / "bench.png"
     )
     started = time.perf_counter()
-    results: dict[str, Any] = {
+    results = {
         "mode": mode,
         "sizes": asdict(sizes),
         "machine": machine_info(load),
@@ -1048,8 +1185,20 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "sections": {},
         "started": stamp,
+        "complete": False,
     }
+
+    def save() -> None:
+        """Write what is measured so far (again after each section: a crash keeps it)."""
+        results["elapsed_s"] = time.perf_counter() - started
+        text = json.dumps(results, indent=2) + "\n"
+        partial = json_path.with_name(json_path.name + ".tmp")
+        partial.write_text(text)
+        partial.replace(json_path)
+
     print(f"bench: {mode} run on {os.cpu_count()} cores; load generator: {load.name}", flush=True)
+    shown = json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path
+    print(f"bench: writing {shown} after each section", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         log_dir = args.out / f"logs-{mode}-{stamp}"
@@ -1067,13 +1216,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     iso = [v for v in variants if v.key in ("ours", ANCHOR)]
                     results["sections"]["isolation"] = bench_isolation(servers, iso, sizes, load)
+                save()
                 print(f"bench: {section} done in {time.perf_counter() - t0:.0f}s", flush=True)
-    results["elapsed_s"] = time.perf_counter() - started
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    results["complete"] = True
+    save()
     text = tables(results)
     plot(results, plot_path)
     print(text)
-    shown = json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path
     print(f"bench: results in {shown}")
     print(f"bench: plot in {plot_path}")
     return 0

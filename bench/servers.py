@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import trio
 
 from bench.load import get_json_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Sequence
 
 __all__ = ["ROOT", "Server", "ServerError", "Servers", "Variant"]
 
@@ -204,8 +204,10 @@ def hypercorn_argv(variant: Variant) -> list[str]:
     ]
 
 
-def trio_background_argv(variant: Variant, *, mode: str, report: Path) -> list[str]:
-    """``python -m trio_background`` (our CLI), as users run it."""
+def trio_background_argv(
+    variant: Variant, *, mode: str, report: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """``python -m trio_background`` (our CLI), as users run it, with ``extra`` options."""
     return [
         sys.executable,
         "-m",
@@ -219,6 +221,7 @@ def trio_background_argv(variant: Variant, *, mode: str, report: Path) -> list[s
         "warning",
         "--report-json",
         str(report),
+        *extra,
     ]
 
 
@@ -240,7 +243,7 @@ class Servers:
             server.kill()
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Servers]:
+    def session(self) -> Generator[Servers, None, None]:
         try:
             yield self
         finally:

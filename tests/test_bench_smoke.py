@@ -92,19 +92,40 @@ def test_scale_rows_and_our_report(smoke: tuple[dict[str, Any], str, Path]) -> N
     results, _, _ = smoke
     sizes = results["sizes"]
     rows = results["sections"]["scale"]["rows"]
-    expected = {("ours", count, "/sleep") for count in sizes["scale_counts"]} | {
-        (key, sizes["scale_anchor_count"], "/sleep") for key in _measured(results) if key != "ours"
+    expected = {("ours", count, "/sleep", False) for count in sizes["scale_counts"]} | {
+        (key, sizes["scale_anchor_count"], "/sleep", False)
+        for key in _measured(results)
+        if key != "ours"
     }
-    # Beside them, a FastAPI endpoint whose yield dependency stays open until its batch ends.
-    expected.add(("ours", sizes["scale_anchor_count"], "/sleep-yield"))
-    assert {(r["variant"], r["tasks"], r["path"]) for r in rows} == expected
+    # Beside them, a FastAPI endpoint whose yield dependency stays open until its batch ends,
+    # and our /sleep at the largest count served with --freeze-gc.
+    expected.add(("ours", sizes["scale_anchor_count"], "/sleep-yield", False))
+    expected.add(("ours", max(sizes["scale_counts"]), "/sleep", True))
+    assert {(r["variant"], r["tasks"], r["path"], r["freeze_gc"]) for r in rows} == expected
     assert len(rows) == len(expected)
     for row in rows:
+        assert row["error"] is None
         assert row["exit_s"] > 0
         if row["variant"] == "ours":
             # cancel mode: every pending task is in the report, as cancelled
             assert row["reported"] is True
             assert row["exited_by_itself"] is True
+            # the report's records with an overrun are counted (how many is a measurement)
+            assert isinstance(row["overruns"], int)
+            assert row["target"]
+        else:
+            assert row["overruns"] is None
+
+
+def test_scale_table_shows_the_freeze_gc_row_and_the_overrun_column(
+    smoke: tuple[dict[str, Any], str, Path],
+) -> None:
+    _, stdout, _ = smoke
+    scale = stdout[stdout.index("3. Scale and shutdown") : stdout.index("4. Isolation")]
+    header = scale.splitlines()[1]
+    assert "| overrun records |" in header
+    (frozen,) = [line for line in scale.splitlines() if "trio-background, --freeze-gc" in line]
+    assert "shutdown" in frozen  # its verdict column, as the other /sleep rows of ours
 
 
 def test_isolation_rows(smoke: tuple[dict[str, Any], str, Path]) -> None:
@@ -120,6 +141,7 @@ def test_tables_and_plot(smoke: tuple[dict[str, Any], str, Path]) -> None:
     for title in ("1. HTTP", "2. Dispatch", "3. Scale and shutdown", "4. Isolation"):
         assert title in stdout
     assert set(results["sections"]) == set(SECTIONS)
+    assert results["complete"] is True
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -141,4 +163,41 @@ def test_tables_and_plot_from_a_results_file(
     assert proc.returncode == 0, proc.stderr
     table = stdout[stdout.index("Machine:") : stdout.index("bench: results in")]
     assert table.strip() in proc.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_scale_job_is_a_missed_row_in_the_table_and_the_plot(
+    smoke: tuple[dict[str, Any], str, Path], tmp_path: Path
+) -> None:
+    """What a run that stopped after a scale job failed leaves (partial JSON) still renders."""
+    results, _, _ = smoke
+    partial = {**results, "complete": False}
+    scale = results["sections"]["scale"]
+    failed = dict(scale["rows"][0])
+    failed.update(
+        error="fire 20000 x /sleep: TooSlowError: not done in 500s",
+        passed=False,
+        fire_s=None,
+        rss_after_mb=None,
+        kb_per_task=None,
+        exit_s=None,
+        exited_by_itself=None,
+        reported=None,
+        overruns=None,
+    )
+    partial["sections"] = {"scale": {**scale, "rows": [failed, *scale["rows"][1:]]}}
+    source = tmp_path / "partial.json"
+    source.write_text(json.dumps(partial))
+    plot = tmp_path / "partial.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--from-json", str(source), "--plot", str(plot)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Incomplete run" in proc.stdout
+    assert "MISS: fire 20000 x /sleep: TooSlowError: not done in 500s" in proc.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from bench.apps._common import COUNTS, noop_async, noop_sync, sleep_hour, spin_hour
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
 
     from starlette.requests import Request
 
@@ -29,7 +29,9 @@ async def none(request: Request) -> JSONResponse:
     return JSONResponse(OK)
 
 
-def _adding(func: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[Request], object]:
+def _adding(
+    func: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+) -> Callable[[Request], object]:
     async def endpoint(request: Request) -> JSONResponse:
         await BackgroundTasks(request.scope).add_task(func, *args)
         return JSONResponse(OK)

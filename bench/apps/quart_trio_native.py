@@ -20,25 +20,25 @@ async def none() -> dict[str, Any]:
 
 @app.get("/async")
 async def add_async() -> dict[str, Any]:
-    app.add_background_task(noop_async)
+    app.add_background_task(noop_async)  # pyright: ignore[reportUnknownMemberType]
     return OK
 
 
 @app.get("/sync")
 async def add_sync() -> dict[str, Any]:
-    app.add_background_task(noop_sync)
+    app.add_background_task(noop_sync)  # pyright: ignore[reportUnknownMemberType]
     return OK
 
 
 @app.get("/sleep")
 async def add_sleep() -> dict[str, Any]:
-    app.add_background_task(sleep_hour)
+    app.add_background_task(sleep_hour)  # pyright: ignore[reportUnknownMemberType]
     return OK
 
 
 @app.get("/spin")
 async def add_spin() -> dict[str, Any]:
-    app.add_background_task(spin_hour)
+    app.add_background_task(spin_hour)  # pyright: ignore[reportUnknownMemberType]
     return OK
 
 
