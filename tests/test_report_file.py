@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_background._report_file import ReportFile
+from trio_background._report_file import ReportFile, render
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -52,3 +53,18 @@ def test_a_failed_write_removes_its_temporary(tmp_path: Path) -> None:
     with pytest.raises(UnicodeEncodeError):
         report_file.write("\udcff")  # a lone surrogate: not UTF-8
     assert os.listdir(tmp_path) == []
+
+
+def test_the_report_is_written_one_record_a_line_and_reads_back_the_same() -> None:
+    records = [{"id": f"{n}.0", "name": 'send, "quoted"\n', "overrun": None} for n in range(3)]
+    data = {"run_id": "r", "cancelled": records, "counts": {"cancelled": 3}, "failed": []}
+    text = render(data)
+    assert json.loads(text) == data
+    lines = text.splitlines()
+    assert lines[0] == "{"
+    assert lines[-1] == "}"
+    assert [line.strip().rstrip(",") for line in lines[2:5]] == [
+        json.dumps(record, sort_keys=True) for record in records
+    ]
+    keys = [line.split(":", 1)[0].strip() for line in lines if line.startswith('  "')]
+    assert keys == sorted(keys) == ['"cancelled"', '"counts"', '"failed"', '"run_id"']

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import errno
-import json
 import logging
 import os
 import signal
@@ -42,7 +41,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from ._loading import LoadError, check_asgi, load_object
-from ._report_file import ReportFile
+from ._report_file import ReportFile, render
 from ._serve import ShutdownControl, serve_middleware, watch_signals, wrap
 from ._supervisor import check_timeout
 
@@ -368,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         if report_file is not None:
             meta = {"run_id": run_id, "started_at": started_at, "stopped_at": _now(),
                     "pid": os.getpid()}  # fmt: skip
-            report_file.write(json.dumps({**meta, **data}, indent=2, sort_keys=True) + "\n")
+            report_file.write(render({**meta, **data}))
     return 0 if ok else 1
 
 

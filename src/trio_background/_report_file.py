@@ -11,20 +11,43 @@ found at startup too, not after the whole run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["ReportFile"]
+__all__ = ["ReportFile", "render"]
 
 # Test hook: pause between writing the temporary file and renaming it, so a
 # whole-process test can kill the process at exactly that point.
 _PAUSE_ENV = "_TRIO_BACKGROUND_PAUSE_BEFORE_RENAME"
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """``data`` as JSON, keys sorted, each item of a list on a line of its own.
+
+    As readable as ``indent=2`` where it matters (one record a line), and
+    written by json's C encoder item by item: ``indent`` makes json use its
+    pure-Python encoder, about a quarter of a second for a report of 20,000
+    cut tasks, which a shutdown at scale pays after its deadline.
+    """
+    encode = json.JSONEncoder(sort_keys=True).encode
+    fields: list[str] = []
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, list) and value:
+            items: list[Any] = value  # pyright: ignore[reportUnknownVariableType]
+            text = "[\n" + ",\n".join("    " + encode(item) for item in items) + "\n  ]"
+        else:
+            text = encode(value)
+        fields.append(f"  {encode(key)}: {text}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 class ReportFile:
