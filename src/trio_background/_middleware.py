@@ -99,6 +99,7 @@ class _Exchange:
     __slots__ = (
         "_batch",
         "_send",
+        "_streamed",
         "_trailers",
         "complete",
         "error_response",
@@ -119,6 +120,7 @@ class _Exchange:
         self.flight: Flight | None = None
         self.stack: AsyncExitStack | None = None
         self._trailers = False
+        self._streamed = False
         self.complete = False
         self.error_response: str | None = None
         self.refused: str | None = None
@@ -200,7 +202,16 @@ class _Exchange:
         elif kind == "http.response.zerocopysend":
             final = not message.get("more_body", False)
         if not final:
+            if kind == "http.response.body":
+                self._streamed = True
             await self._send(message)
+            return
+        if self.flight is None and not self._streamed:
+            # One body and no batch: no framework cancels such a send, and if
+            # something did, no task would be lost; the shield below costs
+            # about 5 us, which every request without tasks would pay.
+            await self._send(message)
+            self._completed()
             return
         body = message.get("body", b"") if kind == "http.response.body" else b""
         if len(body) > _SHIELDED_BODY:
