@@ -82,7 +82,7 @@ async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:
     fates = {s["pid"]: s["fate"] for s in report["workers"]}
     assert len(fates) == 3
     assert fates.pop(victim) == "died"
-    assert list(fates.values()) == ["exited", "exited"]
+    assert list(fates.values()) == ["exited", "exited"], server.output
 
 
 async def test_a_worker_that_cannot_stop_is_killed_at_the_exit_deadline(tmp_path: Path) -> None:

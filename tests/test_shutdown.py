@@ -359,3 +359,13 @@ async def test_same_scenario_gives_byte_identical_reports(
         "abandoned": 0,
         "handed_off": 0,
     }
+
+
+async def test_a_second_signal_after_the_report_changes_nothing() -> None:
+    """A drain that ended at once (nothing open), then the second signal: no error."""
+    supervisor = Supervisor()
+    supervisor.begin_shutdown(mode="drain", drain_timeout=30, cause="signal")
+    report = supervisor.close()
+    supervisor.begin_shutdown(mode="cancel")  # the escalation, arriving late
+    assert supervisor.close() is report
+    assert report.mode == "drain"

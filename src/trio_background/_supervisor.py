@@ -137,6 +137,13 @@ class _RunState:
         self.watch: CutWatch | None = None
 
 
+def _unwatch(state: _RunState) -> None:
+    if state.watch is not None:
+        with contextlib.suppress(KeyError):  # trio removes an instrument that raised
+            trio.lowlevel.remove_instrument(state.watch)
+        state.watch = None
+
+
 class Supervisor:
     """Owns an app's batches: the thread limiter, the policy, the shutdown.
 
@@ -361,11 +368,7 @@ class Supervisor:
         state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
-        watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
-        if state.watch is not None:
-            trio.lowlevel.remove_instrument(state.watch)
-        trio.lowlevel.add_instrument(watch)
-        state.watch = watch
+        watch = self._watch_cut(state, deadline)
         for flight in state.flights.values():
             flight.watch = watch
             flight.set_deadline(deadline)
@@ -378,6 +381,17 @@ class Supervisor:
         )
         if self._observers:
             self._observers.shutdown_begun(deadline - now)
+
+    @staticmethod
+    def _watch_cut(state: _RunState, deadline: float) -> CutWatch | None:
+        """Watch the cut at ``deadline`` (see CutWatch), instead of an earlier watch."""
+        _unwatch(state)
+        if state.final is not None:
+            return None  # closed already (a late second signal): nothing left to cut
+        watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
+        trio.lowlevel.add_instrument(watch)
+        state.watch = watch
+        return watch
 
     def time_until_deadline(self) -> float:
         """Seconds until the batch deadline: ``inf`` before shutdown, 0 once passed."""
@@ -443,9 +457,7 @@ class Supervisor:
         if state.shutdown_started_at is None and state.cause is None:
             state.cause = cause
         report = state.final = self.report()
-        if state.watch is not None:
-            with contextlib.suppress(KeyError):  # a test may have removed it
-                trio.lowlevel.remove_instrument(state.watch)
+        _unwatch(state)
         if report.all_completed:
             logger.info("%s", report.summary())
         else:
