@@ -145,14 +145,9 @@ def test_tables_and_plot(smoke: tuple[dict[str, Any], str, Path]) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tables_and_plot_from_a_results_file(
-    smoke: tuple[dict[str, Any], str, Path], tmp_path: Path
-) -> None:
-    results, stdout, _ = smoke
-    source = tmp_path / "results.json"
-    source.write_text(json.dumps(results))
-    plot = tmp_path / "again.png"
-    proc = subprocess.run(
+def _from_json(source: Path, plot: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.run --from-json SOURCE --plot PLOT``: measures nothing."""
+    return subprocess.run(
         [sys.executable, "-m", "bench.run", "--from-json", str(source), "--plot", str(plot)],
         cwd=ROOT,
         capture_output=True,
@@ -160,6 +155,16 @@ def test_tables_and_plot_from_a_results_file(
         timeout=120,
         check=False,
     )
+
+
+def test_tables_and_plot_from_a_results_file(
+    smoke: tuple[dict[str, Any], str, Path], tmp_path: Path
+) -> None:
+    results, stdout, _ = smoke
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    plot = tmp_path / "again.png"
+    proc = _from_json(source, plot)
     assert proc.returncode == 0, proc.stderr
     table = stdout[stdout.index("Machine:") : stdout.index("bench: results in")]
     assert table.strip() in proc.stdout
@@ -189,14 +194,7 @@ def test_a_failed_scale_job_is_a_missed_row_in_the_table_and_the_plot(
     source = tmp_path / "partial.json"
     source.write_text(json.dumps(partial))
     plot = tmp_path / "partial.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--from-json", str(source), "--plot", str(plot)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _from_json(source, plot)
     assert proc.returncode == 0, proc.stderr
     assert "Incomplete run" in proc.stdout
     assert "MISS: fire 20000 x /sleep: TooSlowError: not done in 500s" in proc.stdout
