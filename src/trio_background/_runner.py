@@ -211,7 +211,13 @@ class Flight:
         if deadline < self.deadline:
             self.deadline = deadline
             nursery = self.nursery
-            if nursery is not None:
+            if nursery is None:
+                return
+            if deadline <= self.now():
+                # Due already (cancel mode): cut now rather than through trio's
+                # deadline heap, a push and a pop per batch when thousands wait.
+                nursery.cancel_scope.cancel()
+            else:
                 nursery.cancel_scope.deadline = deadline
 
     def end(self, task: BackgroundTask, index: int, *, cut: bool = False) -> RawRecord | None:
