@@ -8,7 +8,9 @@ still pass at once.
 from __future__ import annotations
 
 import gc
+from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,7 +20,11 @@ from fastapi import FastAPI
 from hypercorn.config import Config
 
 from trio_background import BackgroundTasksMiddleware, ShutdownReport, health, serve
+from trio_background._serve import ShutdownControl, serve_middleware
 from trio_background.fastapi import BackgroundTasks
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @pytest.fixture
@@ -322,3 +328,33 @@ async def test_freeze_gc_freezes_the_heap_only_when_asked_and_only_while_stoppin
     [frozen] = seen
     assert (frozen > 0) is freeze_gc  # frozen during the cut, if asked
     assert gc.get_freeze_count() == 0  # and thawed once serve() returned
+
+
+async def test_a_second_signal_after_the_report_leaves_the_server_stopping_cleanly(
+    clock: trio.testing.MockClock,
+) -> None:
+    """The escalation reaches a server whose report is made (what a --workers worker sees)."""
+    reported = trio.Event()
+    escalated = trio.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # The supervisor made its report when lifespan.shutdown arrived.
+        reported.set()
+        await escalated.wait()
+
+    app = FastAPI(lifespan=lifespan)
+    middleware = BackgroundTasksMiddleware(app)
+    control = ShutdownControl(middleware, "drain", 30, 0.0)
+
+    async def watch(control: ShutdownControl) -> None:
+        control.request("trigger")
+        await reported.wait()
+        control.escalate()  # the second signal, late
+        escalated.set()
+        await trio.sleep_forever()
+
+    report = await serve_middleware(middleware, loopback_config(), control, watch)
+    assert escalated.is_set()
+    assert (report.mode, report.cause, report.total) == ("drain", "trigger", 0)
