@@ -156,6 +156,7 @@ class Flight:
         policy: Policy,
         limiter: trio.CapacityLimiter,
         deadline: float,
+        watch: CutWatch | None,
         observers: Observers,
         ledger: Ledger,
         on_close: Callable[[Flight], None],
@@ -167,6 +168,7 @@ class Flight:
         self.limiter = limiter
         # The shutdown deadline; while the batch runs, also its nursery's.
         self.deadline = deadline
+        self.watch = watch  # how the cut at that deadline went (see CutWatch)
         self.observers = observers
         self.ledger = ledger
         self.on_close = on_close
@@ -181,8 +183,6 @@ class Flight:
         self.sequencing = False
         self.next = 0
         self.stop_reason: str | None = None
-        # Set by the supervisor when a shutdown begins (see CutWatch).
-        self.watch: CutWatch | None = None
 
     # Called by the batch for each task added (the _Owner protocol); from a
     # worker thread too (a sync handler, or a sync task adding tasks).
@@ -206,10 +206,11 @@ class Flight:
             self.sequencing = True
             nursery.start_soon(_run_sequence, self)
 
-    def set_deadline(self, deadline: float) -> None:
-        """Bring the batch's deadline to ``deadline`` if that is sooner."""
+    def set_deadline(self, deadline: float, watch: CutWatch | None) -> None:
+        """Bring the batch's deadline to ``deadline`` (cut as ``watch`` sees) if that is sooner."""
         if deadline < self.deadline:
             self.deadline = deadline
+            self.watch = watch
             nursery = self.nursery
             if nursery is None:
                 return
@@ -229,14 +230,11 @@ class Flight:
         ended = self.now()
         state = task.state
         overrun: float | None = None
-        # A task that returned normally after the deadline overran it, however
-        # little; one that ended by the cancellation gets the time trio needs
-        # to deliver it to a checkpoint.
         late = ended - self.deadline
         if late >= 0 and state in _RAN and self._overran(state, late, ended):
             overrun = late
             cut = True
-            if task.state is TaskState.COMPLETED:
+            if state is TaskState.COMPLETED:
                 task.reason = (
                     "returned after the shutdown deadline: it shielded itself from the "
                     "cancellation, swallowed trio.Cancelled, or blocked the event loop"
@@ -275,7 +273,13 @@ class Flight:
         return raw
 
     def _overran(self, state: TaskState, late: float, ended: float) -> bool:
-        """Whether a task that ran and ended ``late`` s after the deadline overran it."""
+        """Whether a task that ran and ended ``late`` s after the deadline overran it.
+
+        One that returned normally overran it, however little; one that ended
+        by the cancellation did if it took longer than the slack trio needs to
+        deliver it, unless the cut reached it late only because the loop was
+        busy cutting (CutWatch).
+        """
         if state is TaskState.COMPLETED:
             return True  # it did not let the cancellation end it
         if late <= OVERRUN_SLACK:

@@ -136,12 +136,20 @@ class _RunState:
         self.final: ShutdownReport | None = None
         self.watch: CutWatch | None = None
 
+    def watch_cut(self, deadline: float) -> CutWatch | None:
+        """Watch the cut at ``deadline`` (see CutWatch), instead of an earlier watch."""
+        self.unwatch()
+        if self.final is not None:
+            return None  # closed already (a late second signal): nothing left to cut
+        self.watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
+        trio.lowlevel.add_instrument(self.watch)
+        return self.watch
 
-def _unwatch(state: _RunState) -> None:
-    if state.watch is not None:
-        with contextlib.suppress(KeyError):  # trio removes an instrument that raised
-            trio.lowlevel.remove_instrument(state.watch)
-        state.watch = None
+    def unwatch(self) -> None:
+        if self.watch is not None:
+            with contextlib.suppress(KeyError):  # trio removes an instrument that raised
+                trio.lowlevel.remove_instrument(self.watch)
+            self.watch = None
 
 
 class Supervisor:
@@ -279,11 +287,11 @@ class Supervisor:
             policy=self.policy if policy is None else policy,
             limiter=state.limiter,
             deadline=state.deadline,
+            watch=state.watch,
             observers=self._observers,
             ledger=state.ledger,
             on_close=self._close_flight,
         )
-        flight.watch = state.watch
         state.flights[number] = flight
         flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
         return flight
@@ -368,10 +376,9 @@ class Supervisor:
         state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
-        watch = self._watch_cut(state, deadline)
+        watch = state.watch_cut(deadline)
         for flight in state.flights.values():
-            flight.watch = watch
-            flight.set_deadline(deadline)
+            flight.set_deadline(deadline, watch)
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"
@@ -381,17 +388,6 @@ class Supervisor:
         )
         if self._observers:
             self._observers.shutdown_begun(deadline - now)
-
-    @staticmethod
-    def _watch_cut(state: _RunState, deadline: float) -> CutWatch | None:
-        """Watch the cut at ``deadline`` (see CutWatch), instead of an earlier watch."""
-        _unwatch(state)
-        if state.final is not None:
-            return None  # closed already (a late second signal): nothing left to cut
-        watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
-        trio.lowlevel.add_instrument(watch)
-        state.watch = watch
-        return watch
 
     def time_until_deadline(self) -> float:
         """Seconds until the batch deadline: ``inf`` before shutdown, 0 once passed."""
@@ -457,7 +453,7 @@ class Supervisor:
         if state.shutdown_started_at is None and state.cause is None:
             state.cause = cause
         report = state.final = self.report()
-        _unwatch(state)
+        state.unwatch()
         if report.all_completed:
             logger.info("%s", report.summary())
         else:
