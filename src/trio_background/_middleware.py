@@ -202,8 +202,8 @@ class _Exchange:
         elif kind == "http.response.zerocopysend":
             final = not message.get("more_body", False)
         if not final:
-            if kind == "http.response.body":
-                self._streamed = True
+            if kind != "http.response.start":
+                self._streamed = True  # a part of the body (or trailers) before the last
             await self._send(message)
             return
         if self.flight is None and not self._streamed:
