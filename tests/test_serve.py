@@ -19,7 +19,7 @@ import trio.testing
 from fastapi import FastAPI
 from hypercorn.config import Config
 
-from trio_background import BackgroundTasksMiddleware, ShutdownReport, health, serve
+from trio_background import BackgroundTasksMiddleware, ShutdownReport, Supervisor, health, serve
 from trio_background._serve import ShutdownControl, serve_middleware
 from trio_background.fastapi import BackgroundTasks
 
@@ -32,9 +32,10 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.02)
 
 
-def app_with(seconds: float, **options: object) -> FastAPI:
+def app_with(seconds: float, *, own: bool = True, **options: object) -> FastAPI:
     app = FastAPI()
-    app.add_middleware(BackgroundTasksMiddleware, **options)  # type: ignore[arg-type]
+    if own:  # the app's own middleware (else serve() wraps the bare app in one)
+        app.add_middleware(BackgroundTasksMiddleware, **options)  # type: ignore[arg-type]
 
     async def sleeper(s: float) -> None:
         await trio.sleep(s)  # virtual time: this module runs under a MockClock (clock fixture)
@@ -204,17 +205,18 @@ async def test_max_requests_shutdown_drains_by_the_deadline(clock: trio.testing.
 
 
 async def test_cancelled_serve_drains_reports_and_reraises(clock: trio.testing.MockClock) -> None:
-    middleware = BackgroundTasksMiddleware(app_with(3600), drain_timeout=10)
+    supervisor = Supervisor(drain_timeout=10)
+    app = app_with(3600, supervisor=supervisor)
     with trio.CancelScope() as outer:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(serve, middleware, loopback_config()))
+            binds = await nursery.start(partial(serve, app, loopback_config()))
             async with httpx.AsyncClient(base_url=binds[0]) as client:
                 assert (await client.post("/work")).status_code == 200
             started = trio.current_time()
             outer.cancel()
     assert outer.cancelled_caught  # serve() re-raised the cancellation
     assert 10 <= trio.current_time() - started < 11
-    report = middleware.supervisor.close()  # made and logged before the re-raise
+    report = supervisor.close()  # made and logged before the re-raise
     assert (report.mode, report.count("cancelled"), report.count("skipped")) == ("drain", 1, 1)
     assert report.cause == "cancellation"
 
@@ -288,7 +290,7 @@ class RecordingBackend:
 
 async def test_serve_hands_the_backend_to_its_middleware(clock: trio.testing.MockClock) -> None:
     backend = RecordingBackend()
-    report, _ = await serve_one_request(app_with(0), backend=backend)
+    report, _ = await serve_one_request(app_with(0, own=False), backend=backend)
     assert report.all_completed
     assert backend.calls == ["open", "aclose"]
 

@@ -27,14 +27,14 @@ app call returned. Every other scope type passes through, except
 from __future__ import annotations
 
 import logging
-import sys
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING
 
 import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import hand_off, in_trio_or_from_thread, run_flight
+from ._runner import Runner
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from ._backend import DurableBackend
     from ._observe import TaskObserver
-    from ._runner import ErrorHook, Flight, OnError, Policy
+    from ._runner import ErrorHook, OnError, Policy
     from ._tasks import BackgroundTask
 
 __all__ = ["BackgroundTasksMiddleware", "from_scope", "supervisor_from_scope"]
@@ -89,95 +89,106 @@ def _request_label(scope: Scope) -> str:
     return f"{scope.get('method', '?')} {scope.get('path', '?')}"
 
 
-class _Exchange:
-    """One HTTP request: wraps ``send`` to see the response complete.
+class Exchange:
+    """One HTTP request: sees its response end, and hands its batch to the runner.
 
-    It is the only object the middleware allocates for a request that adds no
-    task; the batch (a flight of the supervisor) is opened on first use.
+    It wraps ``send`` (the final message, the durable 503) and ``receive``
+    (the client leaving). The batch and its runner are made on first use:
+    a request that never asks for its batch costs this object alone.
     """
 
     __slots__ = (
+        "__weakref__",
         "_batch",
+        "_receive",
         "_send",
         "_streamed",
         "_trailers",
+        "board",
+        "client_gone",
         "complete",
-        "error_response",
-        "flight",
+        "middleware",
         "policy",
         "refused",
+        "runner",
         "scope",
         "stack",
-        "supervisor",
     )
 
-    def __init__(self, send: Send, supervisor: Supervisor, scope: Scope) -> None:
+    def __init__(
+        self, send: Send, receive: Receive, middleware: BackgroundTasksMiddleware, scope: Scope
+    ) -> None:
         self._send = send
-        self.supervisor = supervisor
+        self._receive = receive
+        self.middleware = middleware
+        self.board = middleware.supervisor.board
         self.scope = scope
-        self.policy: Policy = supervisor.policy
+        self.policy: Policy = middleware.supervisor.policy
         self._batch: BackgroundTasks | None = None
-        self.flight: Flight | None = None
+        self.runner: Runner | None = None
         self.stack: AsyncExitStack | None = None
         self._trailers = False
         self._streamed = False
         self.complete = False
-        self.error_response: str | None = None
+        self.client_gone = False
         self.refused: str | None = None
 
     @property
     def batch(self) -> BackgroundTasks:
         batch = self._batch
         if batch is None:
-            # The supervisor hears of it at its first task (added() below): a
-            # request that asks for its batch and adds nothing makes none.
             batch = self._batch = BackgroundTasks()
-            batch._owner = self  # pyright: ignore[reportPrivateUsage]
+            self.runner = Runner(batch, self.board, self.policy, _request_label(self.scope))
         return batch
 
-    # The batch's owner until its first task: then the supervisor's flight.
-    def added(self, task: BackgroundTask) -> None:
-        if self.flight is None and self._batch is not None:
-            in_trio_or_from_thread(self._open)
+    @property
+    def over(self) -> bool:
+        """Whether the response is over: handed to the server, or the client left."""
+        return self.complete or self.client_gone
 
-    def _open(self) -> None:
-        if self.flight is None:
-            self.flight = self.supervisor._open(  # pyright: ignore[reportPrivateUsage]
-                _request_label(self.scope), self.policy, batch=self._batch
-            )
+    def use(self, policy: Policy) -> None:
+        """An inner (mounted) middleware's options apply to this request."""
+        self.policy = policy
+        if self.runner is not None:
+            self.runner.policy = policy
 
-    def use_policy(self, supervisor: Supervisor) -> None:
-        """An inner, configured middleware's options apply to this request."""
-        self.policy = supervisor.policy
-        if self.flight is not None:
-            self.flight.policy = supervisor.policy
-
-    # The _Adopter protocol: Starlette's Response(background=task) awaits a
-    # task after the response is complete; it joins the batch instead.
+    # Starlette's Response(background=task) awaits a task after the response
+    # is complete: it joins the batch instead.
     def adopt(self, task: BackgroundTask) -> bool:
         if not self.complete or self.refused is not None or task.state is not TaskState.PENDING:
             return False
-        if self.flight is not None and (self.flight.running or self.flight.closed):
+        runner = self.runner
+        if runner is not None and not runner.is_open:
             return False
-        batch = self.batch
-        if batch._closed is not None:  # pyright: ignore[reportPrivateUsage]
-            return False
-        batch._append(task)  # pyright: ignore[reportPrivateUsage]
+        self.batch.add_task  # noqa: B018 - makes the runner
+        assert self.runner is not None
+        self.runner.admit(task)
         return True
 
     def owns(self, batch: BackgroundTasks) -> bool:
         return self._batch is batch
 
-    def close(self) -> None:
-        """The app has returned: let go of the server's ``send``.
+    def app_failed(self, reason: str) -> None:
+        """The handler raised (a framework's hook saw it): only cleanups will run."""
+        if self.runner is not None:
+            self.runner.app_failed(reason)
 
-        The server's send is usually a bound method of an object that holds
-        the scope, which holds this exchange: a reference cycle per request,
-        left to the garbage collector (and its pauses) unless broken here;
-        the scope holds this exchange too.
+    def close(self) -> None:
+        """The app has returned: let go of the server's ``send`` and ``receive``.
+
+        They are usually bound methods of objects that hold the scope, which
+        holds this exchange: a reference cycle per request, left to the
+        garbage collector (and its pauses) unless broken here.
         """
         self._send = _send_after_return
+        self._receive = _receive_after_return
         self.scope = _NO_SCOPE
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.complete:
+            self.client_gone = True
+        return message
 
     async def __call__(self, message: Message) -> None:
         if self.refused is not None:
@@ -188,13 +199,10 @@ class _Exchange:
             final = not self._trailers and not message.get("more_body", False)
         elif kind == "http.response.start":
             self._trailers = bool(message.get("trailers", False))
-            handling = sys.exc_info()[1]
-            if handling is not None:
-                # Sent while an exception is being handled: an exception
-                # handler's response (HTTPException included); the app failed.
-                self.error_response = type(handling).__qualname__
-            elif self.flight is not None and not await self._hand_off():
-                return
+            runner = self.runner
+            if runner is not None and runner.policy.backend is not None:
+                if not await self._hand_off(runner):
+                    return
         elif kind == "http.response.trailers":
             final = not message.get("more_trailers", False)
         elif kind == "http.response.pathsend":
@@ -204,9 +212,13 @@ class _Exchange:
         if not final:
             if kind != "http.response.start":
                 self._streamed = True  # a part of the body (or trailers) before the last
-            await self._send(message)
+            try:
+                await self._send(message)
+            except OSError:
+                self.client_gone = True  # the server says the client left
+                raise
             return
-        if self.flight is None and not self._streamed:
+        if self.runner is None and not self._streamed:
             # One body and no batch: no framework cancels such a send, and if
             # something did, no task would be lost; the shield below costs
             # about 5 us, which every request without tasks would pay.
@@ -218,36 +230,37 @@ class _Exchange:
             # The bulk may wait on a slow client: send it as it is, cancellable.
             await self._send({**message, "more_body": True})
             message = {"type": "http.response.body", "body": b"", "more_body": False}
-        # The final send is shielded (for a moment): if the app cancels it
-        # halfway, as Starlette's streaming responses do when Hypercorn
-        # delivers http.disconnect from inside it, Hypercorn leaves the
-        # connection unrecycled until its graceful timeout. Handed over once
-        # the server's send returned or was cut by the grace deadline; an
-        # error raised by the server's send means it was not.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _FINAL_SEND_GRACE):
-            try:
-                await self._send(message)
-            except trio.Cancelled:
-                self._completed()
-                raise
+        # The final send is shielded: if the app cancels it halfway, as
+        # Starlette's streaming responses do when Hypercorn delivers
+        # http.disconnect from inside it, Hypercorn leaves the connection
+        # unrecycled. The shield lasts until the shutdown deadline (the board
+        # moves it there), never a fixed time: a loop paused for seconds must
+        # not cut a send halfway. Handed over once the server's send returned
+        # or the deadline cut it; an error raised by the send means it was not.
+        shield = trio.CancelScope(shield=True, deadline=self.board.deadline)
+        shields = self.board.shields
+        shields.add(shield)
+        try:
+            with shield:
+                try:
+                    await self._send(message)
+                except trio.Cancelled:
+                    self._completed()
+                    raise
+        finally:
+            shields.discard(shield)
         self._completed()
 
-    async def _hand_off(self) -> bool:
+    async def _hand_off(self, runner: Runner) -> bool:
         """Store the durable tasks before the first byte leaves; False if refused."""
-        flight = self.flight
-        if flight is None or flight.policy.backend is None:
-            return True
-        durable = [
-            task
-            for task in flight.batch.tasks
-            if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
-        ]
-        if not durable or await hand_off(flight, durable):
+        durable = runner.durable_pending()
+        if not durable or await runner.hand_off(durable):
             return True
         self.refused = (
             "the durable backend could not store this request's durable tasks, so the "
             "client got 503"
         )
+        runner.app_failed(self.refused)
         await self._send(
             {
                 "type": "http.response.start",
@@ -266,11 +279,11 @@ class _Exchange:
         if self.complete:
             return
         self.complete = True
-        observers = self.supervisor._observers  # pyright: ignore[reportPrivateUsage]
-        if observers:
+        observers = self.policy.observers
+        if observers.items:
             observers.response_complete(self.scope)
         stack = self.stack
-        if stack is not None and self.flight is not None:
+        if stack is not None and self.runner is not None:
             if _holds_callbacks(stack):
                 stack.push_async_exit(self._run_from_stack)
             else:
@@ -287,34 +300,24 @@ class _Exchange:
     ) -> bool:
         # FastAPI's request exit stack is closing: the response was sent, the
         # yield dependencies are still open. Run the batch now, unless the
-        # app is failing (the middleware then records the batch skipped).
+        # app is failing (the middleware then runs only its cleanups).
         if exc_type is None:
-            flight = self.to_run()
-            if flight is not None:
-                await run_flight(flight)
+            runner = self.to_run()
+            if runner is not None:
+                await runner.run()
         return False
 
-    def to_run(self) -> Flight | None:
-        """The batch to run now if the response is complete, else None (recorded skipped).
+    def to_run(self) -> Runner | None:
+        """The runner to run now, after the app returned; None if there is none (or it ran).
 
         Not a coroutine itself, so that a pending batch keeps no frame of it.
         """
-        flight = self.flight
-        if flight is None or flight.running or flight.closed:
+        runner = self.runner
+        if runner is None or not runner.is_open:
             return None
-        supervisor = self.supervisor
-        if self.refused is not None:
-            supervisor._skip(flight, self.refused)  # pyright: ignore[reportPrivateUsage]
-        elif self.error_response is not None:
-            supervisor._skip(  # pyright: ignore[reportPrivateUsage]
-                flight,
-                f"the app raised {self.error_response} and an exception handler sent the response",
-            )
-        elif not self.complete:
-            supervisor._skip(flight, "the app returned without completing its response")  # pyright: ignore[reportPrivateUsage]
-        else:
-            return flight
-        return None
+        if not self.over and self.refused is None:
+            runner.app_failed("the app returned without completing its response")
+        return runner
 
     def defer_to(self, stack: AsyncExitStack) -> None:
         """Run the batch from ``stack`` (FastAPI's request exit stack) as it closes."""
@@ -330,6 +333,10 @@ def _holds_callbacks(stack: AsyncExitStack) -> bool:
     return callbacks is None or len(callbacks) > 0
 
 
+async def _receive_after_return() -> Message:
+    return {"type": "http.disconnect"}
+
+
 async def _send_after_return(message: Message) -> None:
     raise RuntimeError(
         f"the app sent {message.get('type')!r} after its call returned: keep a "
@@ -337,10 +344,10 @@ async def _send_after_return(message: Message) -> None:
     )
 
 
-def exchange_from_scope(scope: Scope) -> _Exchange:
+def exchange_from_scope(scope: Scope) -> Exchange:
     """The request's exchange; RuntimeError naming the fix when there is none."""
     exchange = scope.get(EXCHANGE_KEY)
-    if isinstance(exchange, _Exchange):
+    if isinstance(exchange, Exchange):
         return exchange
     if scope.get("type") != "http":
         raise RuntimeError(
@@ -375,7 +382,7 @@ def supervisor_from_scope(scope: Scope) -> Supervisor:
     Raises:
         RuntimeError: As :func:`from_scope`.
     """
-    return exchange_from_scope(scope).supervisor
+    return exchange_from_scope(scope).middleware.supervisor
 
 
 class BackgroundTasksMiddleware:
@@ -412,12 +419,16 @@ class BackgroundTasksMiddleware:
         propagates as before. No task's exception ever leaves the middleware.
 
     Nesting:
-        When another BackgroundTasksMiddleware is outside this one (one that
-        :func:`serve` or the test client added), the outer one owns the
-        batches, and this one's options (``on_error``, ``error_hook``,
-        ``backend``, ``spill``, observers) apply to the requests that reach
-        it, whether or not a lifespan did; at lifespan startup the outer one
-        also adopts this one's supervisor (mode, drain timeout, limits).
+        Middlewares never merge. :func:`serve` and the test clients wrap an
+        app in a middleware of their own only when it has none: if the app
+        has one inside (``app.add_middleware(...)``), that one owns the
+        batches from lifespan startup on. Two middlewares a user put around
+        the same app fail at startup with a message naming both. A
+        middleware of a mounted sub-app (which sees no lifespan) applies its
+        ``on_error``, ``error_hook``, ``backend``, ``spill`` and observers to
+        the requests that reach it, and to nothing else; the app's
+        middleware keeps the supervisor (deadline, limits, report), and the
+        sub-app's backend is opened on its first request.
     """
 
     def __init__(
@@ -441,42 +452,52 @@ class BackgroundTasksMiddleware:
                 "pass the app: BackgroundTasksMiddleware(app)"
             )
         self.app = app
-        observers = tuple(observers)
-        options: dict[str, Any] = {
-            "mode": mode,
-            "drain_timeout": drain_timeout,
-            "on_error": on_error,
-            "error_hook": error_hook,
-            "thread_limit": thread_limit,
-            "keep_records": keep_records,
-            "backend": backend,
-            "spill": spill,
-            "observers": observers,
-        }
-        defaults = Supervisor.__init__.__kwdefaults__ or {}
-        self._configured = any(options[k] != defaults[k] for k in options)
         if supervisor is not None:
-            if self._configured:
+            if (
+                mode != "drain"
+                or drain_timeout != DEFAULT_DRAIN_TIMEOUT
+                or on_error != "continue"
+                or error_hook is not None
+                or thread_limit != DEFAULT_THREAD_LIMIT
+                or keep_records != DEFAULT_KEEP_RECORDS
+                or backend is not None
+                or spill
+                or tuple(observers)
+            ):
                 raise TypeError(
                     "pass either supervisor= or the supervisor's options, not both: "
                     "the options belong to the Supervisor(...) you pass"
                 )
-            self._configured = True
             self.supervisor = supervisor
         else:
-            self.supervisor = Supervisor(**options)
+            self.supervisor = Supervisor(
+                mode=mode,
+                drain_timeout=drain_timeout,
+                on_error=on_error,
+                error_hook=error_hook,
+                thread_limit=thread_limit,
+                keep_records=keep_records,
+                backend=backend,
+                spill=spill,
+                observers=observers,
+            )
+        # Made by serve() or a test client around an app (around()): it gives
+        # way to a middleware the app has inside.
+        self.implicit = False
+        # The middleware inside that this implicit one gave way to, at lifespan.
+        self._inner: BackgroundTasksMiddleware | None = None
         self._trio_checked = False
+        self._policies: dict[int, Policy] = {}
+        self._backend_opened = False
+        self._opening: trio.Lock | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             outer = scope.get(EXCHANGE_KEY)
-            if isinstance(outer, _Exchange):
-                # An outer middleware owns this request's batch: our options apply.
-                if self._configured and outer.supervisor is not self.supervisor:
-                    outer.use_policy(self.supervisor)
-                    for observer in self.supervisor._observers._items:  # pyright: ignore[reportPrivateUsage]
-                        outer.supervisor.add_observer(observer)
+            if isinstance(outer, Exchange) or self._inner is not None:
+                if isinstance(outer, Exchange) and outer.middleware is not self:
+                    await self._join(outer)
                 await self.app(scope, receive, send)
                 return
         elif kind == "lifespan":
@@ -490,49 +511,112 @@ class BackgroundTasksMiddleware:
         if not self._trio_checked:
             check_trio()
             self._trio_checked = True
-        exchange = _Exchange(send, self.supervisor, scope)
+        exchange = Exchange(send, receive, self, scope)
+        board = exchange.board
         scope[EXCHANGE_KEY] = exchange
-        token = adopting.set(exchange)
+        board.requests += 1
+        token = adopting.set(weakref.ref(exchange))
         try:
-            await self.app(scope, receive, exchange)
+            await self.app(scope, exchange.receive, exchange)
         except BaseException as exc:
             exchange.close()
-            flight = exchange.flight
-            if flight is not None and not flight.running and not flight.closed:
-                self.supervisor._skip(  # pyright: ignore[reportPrivateUsage]
-                    flight,
-                    f"the app raised {type(exc).__qualname__} while handling the request",
-                )
+            board.request_ended()
+            runner = exchange.runner
+            if runner is not None and runner.is_open:
+                if not exchange.over and exchange.refused is None:
+                    runner.app_failed(
+                        f"the app raised {type(exc).__qualname__} while handling the request"
+                    )
+                # Cleanups run all the same (and, the response over, the batch).
+                await runner.run()
             raise
         finally:
             adopting.reset(token)
         exchange.close()
-        if exchange.flight is not None:
-            flight = exchange.to_run()
-            if flight is not None:
-                await run_flight(flight)
+        board.request_ended()
+        if exchange.runner is not None:
+            runner = exchange.to_run()
+            if runner is not None:
+                await runner.run()
+
+    async def _join(self, outer: Exchange) -> None:
+        """This (mounted) middleware's options apply to a request an outer one owns."""
+        if self.implicit:
+            return
+        policy = self._policies.get(id(outer.middleware))
+        if policy is None:
+            policy = self.supervisor.policy.within(outer.middleware.supervisor.policy)
+            self._policies[id(outer.middleware)] = policy
+        outer.use(policy)
+        if self.supervisor.backend is not None and not self._backend_opened:
+            await self._open_backend_once(outer)
+
+    async def _open_backend_once(self, outer: Exchange) -> None:
+        backend = self.supervisor.backend
+        assert backend is not None
+        if self._opening is None:
+            self._opening = trio.Lock()
+        async with self._opening:
+            if self._backend_opened:
+                return
+            timeout = getattr(backend, "hand_off_timeout", 5.0)
+            try:
+                with trio.fail_after(timeout):
+                    await backend.open()
+            except Exception as exc:
+                raise RuntimeError(
+                    f"the durable backend {backend!r} of a mounted app's "
+                    f"BackgroundTasksMiddleware could not be opened within {timeout:g}s: {exc}"
+                ) from exc
+            self._backend_opened = True
+            outer.board.backends.append(backend)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         outer = scope.get(MIDDLEWARE_KEY)
         if isinstance(outer, BackgroundTasksMiddleware):
-            if self._configured:
-                outer._adopt(self.supervisor)  # pyright: ignore[reportPrivateUsage]
-            await self.app(scope, receive, send)
-            return
+            if outer.implicit:
+                # The wrapper gives way: from now on this middleware's supervisor
+                # is the one the server (or test client) shuts down and reports.
+                outer.give_way_to(self)
+                await self.app(scope, receive, send)
+                return
+            else:
+                message = (
+                    f"two BackgroundTasksMiddleware around the same app: {outer!r} and "
+                    f"{self!r}; middlewares never merge: keep one (app.add_middleware(...) "
+                    "or the wrapper), with the options of both"
+                )
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": message})
+                raise RuntimeError(message)
         scope[MIDDLEWARE_KEY] = self
         await _Lifespan(self, scope, receive, send).run()
+
+    def give_way_to(self, inner: BackgroundTasksMiddleware) -> None:
+        """This wrapper (made by :meth:`around`) passes everything to ``inner``'s."""
+        self._inner = inner
+        self.supervisor = inner.supervisor
+        self._trio_checked = True
+
+    def __repr__(self) -> str:
+        return f"<BackgroundTasksMiddleware around {_name_of(self.app)}>"
 
     @classmethod
     def around(cls, app: ASGIApp) -> BackgroundTasksMiddleware:
         """``app`` itself if it is a middleware already, else ``app`` wrapped in one.
 
-        What :func:`serve` and the testing tools use to own the outermost one.
+        What :func:`serve` and the testing tools use: the wrapper gives way
+        to a middleware the app has inside, at lifespan startup.
         """
-        return app if isinstance(app, BackgroundTasksMiddleware) else cls(app)
+        if isinstance(app, BackgroundTasksMiddleware):
+            return app
+        middleware = cls(app)
+        middleware.implicit = True
+        return middleware
 
-    def _adopt(self, supervisor: Supervisor) -> None:
-        """Use an inner middleware's supervisor (called at lifespan startup)."""
-        self.supervisor = supervisor
+
+def _name_of(app: object) -> str:
+    return getattr(app, "__qualname__", None) or type(app).__qualname__
 
 
 class _Lifespan:
@@ -556,6 +640,7 @@ class _Lifespan:
         message = await self.receive()
         self.read_any = True
         if message["type"] == "lifespan.startup":
+            self.middleware.supervisor.start()
             await self._open_backend()
         elif message["type"] == "lifespan.shutdown":
             await self._close()
@@ -569,12 +654,14 @@ class _Lifespan:
     async def _close(self) -> None:
         supervisor = self.middleware.supervisor
         supervisor.close(cause="lifespan shutdown")
-        backend = supervisor.backend
-        if backend is not None:
+        backends = [supervisor.backend, *supervisor.board.backends]
+        for backend in backends:
+            if backend is None:
+                continue
             try:
                 await backend.aclose()
             except Exception:
-                logger.exception("the durable backend failed to close")
+                logger.exception("the durable backend %r failed to close", backend)
 
     async def run(self) -> None:
         try:
@@ -584,7 +671,7 @@ class _Lifespan:
             if message["type"] == "lifespan.startup":
                 await self.send({"type": "lifespan.startup.failed", "message": str(exc)})
             raise
-        self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]
+        self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]  # same module
         self.middleware.supervisor.start()
         try:
             await self.middleware.app(self.scope, self._receive, self.send)

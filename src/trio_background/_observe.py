@@ -47,13 +47,13 @@ class TaskObserver:
 class Observers:
     """The registered observers, called safely: a failing observer is logged."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("items",)
 
     def __init__(self) -> None:
-        self._items: list[TaskObserver] = []
+        self.items: list[TaskObserver] = []
 
     def __bool__(self) -> bool:
-        return bool(self._items)
+        return bool(self.items)
 
     def add(self, observer: TaskObserver) -> None:
         if not isinstance(observer, TaskObserver):  # pyright: ignore[reportUnnecessaryIsInstance]
@@ -61,11 +61,11 @@ class Observers:
                 f"observers must be TaskObserver instances, got {type(observer).__qualname__}; "
                 "subclass trio_background.TaskObserver and override the methods you need"
             )
-        if observer not in self._items:
-            self._items.append(observer)
+        if observer not in self.items:
+            self.items.append(observer)
 
     def task_added(self, task: BackgroundTask) -> None:
-        for observer in self._items:
+        for observer in self.items:
             try:
                 observer.task_added(task)
             except Exception:
@@ -73,7 +73,7 @@ class Observers:
 
     def task_running(self, task: BackgroundTask) -> _Running:
         entered: list[AbstractContextManager[None]] = []
-        for observer in self._items:
+        for observer in self.items:
             try:
                 manager = observer.task_running(task)
                 if manager is not None:
@@ -84,21 +84,21 @@ class Observers:
         return _Running(entered)
 
     def task_ended(self, task: BackgroundTask, record: TaskRecord) -> None:
-        for observer in self._items:
+        for observer in self.items:
             try:
                 observer.task_ended(task, record)
             except Exception:
                 logger.exception("observer %r failed in task_ended", observer)
 
     def response_complete(self, scope: Scope) -> None:
-        for observer in self._items:
+        for observer in self.items:
             try:
                 observer.response_complete(scope)
             except Exception:
                 logger.exception("observer %r failed in response_complete", observer)
 
     def shutdown_begun(self, deadline_in: float) -> None:
-        for observer in self._items:
+        for observer in self.items:
             try:
                 observer.shutdown_begun(deadline_in)
             except Exception:

@@ -126,7 +126,14 @@ class RawRecord(NamedTuple):
 
 
 def format_error(exc: BaseException) -> str:
-    text = str(exc)
+    """``"Type: message"``; an exception whose ``str()`` raises is still described.
+
+    As the traceback module does: ``<exception str() failed>``.
+    """
+    try:
+        text = str(exc)
+    except BaseException:
+        text = "<exception str() failed>"
     name = type(exc).__qualname__
     return f"{name}: {text}" if text else name
 

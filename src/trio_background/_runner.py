@@ -1,43 +1,61 @@
-"""The runner: one batch, after its response, in a nursery of the request's task.
+"""The runner: the one owner of a batch, and the one place a task's fate is decided.
 
-A :class:`Flight` is a batch as the supervisor sees it, from the moment the
-request opened it to its last record. :func:`run_flight` runs it: a nursery
-inside the request's own task (so a child of the server's connection) holds
-the :meth:`~BackgroundTasks.add_task` sequence, one task after another, and
-each :meth:`~BackgroundTasks.start_soon` task beside it, all under the
-nursery's cancel scope, whose deadline is the shutdown deadline.
+A :class:`Runner` owns one batch from its first task to its last record:
+every task of every kind (``add_task``, ``start_soon``, ``add_cleanup``,
+added by a handler, by a task, from a thread, or adopted from Starlette's
+``background=``) comes in through :meth:`Runner.admit`, starts only through
+:meth:`Runner._gate`, and ends only through :meth:`Runner._settle`, which
+decides its final state and writes its one record. So the rules "no task
+starts after the deadline", "nothing after a stop", "every task counted once"
+hold for every kind of task by construction, not by each caller's care.
 
-Every task becomes exactly one record. Nothing a task raises leaves the
-runner (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` and groups
-end it ``failed``); a cancellation (the deadline, or the server's own) is the
-one thing that does, after every task of the batch has been recorded: the
-task that was running ends ``cancelled`` (``abandoned`` if in a thread), the
-rest ``skipped`` (or handed off, with ``spill``).
+A request's runner runs in a nursery inside the request's own task (so a
+child of the server's connection): the sequence one task after another, the
+``start_soon`` tasks beside it, then the cleanups, all under the nursery's
+cancel scope, whose deadline is the shutdown deadline. ``await tasks()``
+outside a request is a runner too, with no supervisor (:func:`run_now`).
+
+The :class:`Board` is what all runners of one supervisor share in one trio
+run: the ledger they write to, the thread limiter, the deadline, and the
+set of open runners and requests that the supervisor reads. Data flows one
+way: runner -> board -> supervisor; nothing here calls up.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
 import trio
 
+from ._ledger import Ledger
+from ._observe import Observers
+from ._progress import current_task
 from ._records import RawRecord, TaskRecord, build_record, format_error
-from ._tasks import BackgroundTask, BackgroundTasks, TaskState, failure_of
+from ._tasks import CLEANUP, SEQUENCE, SOON, BackgroundTask, BackgroundTasks, TaskState, released
+from ._threads import ThreadOutcome, run_in_thread
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._backend import DurableBackend
-    from ._ledger import Ledger
-    from ._observe import Observers
 
-__all__ = ["CutWatch", "ErrorHook", "Flight", "OnError", "Policy", "run_flight"]
+__all__ = [
+    "Board",
+    "CutWatch",
+    "ErrorHook",
+    "OnError",
+    "Policy",
+    "Runner",
+    "run_now",
+]
 
 logger = logging.getLogger("trio_background")
 
@@ -48,192 +66,554 @@ ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
 # inside the one second that serve() leaves between the deadline and the cut.
 SPILL_TIMEOUT = 0.5
 
-# How long after the deadline a cancelled task may take to end before its
-# record says it overran (and a WARNING is logged).
-OVERRUN_SLACK = 0.05
-
-
 # The states of a task that ran: only those can overrun the deadline.
 _RAN = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.ABANDONED})
 
+_ABANDONED = "cancelled while its thread was running; the thread was left to finish on its own"
+_BY_APP = "cancelled by the app"
+_SERVER_STOPPED = "the server had stopped before the task was added"
+
 
 class CutWatch(trio.abc.Instrument):
-    """Tells a task that the deadline cut promptly from one that held it off.
+    """Tells a task the deadline cut as soon as the loop reached it from one that held it off.
 
-    Cutting thousands of batches at once takes the event loop a while (trio
-    delivers every cancellation in one pass, then each request unwinds), so
-    a task cut at the deadline may end a second after it through no fault of
-    its own. Installed on the trio run from the start of a shutdown, this
-    counts the scheduler's passes (one I/O wait each) and notes when the
-    current task step began. A task cut promptly ends in the pass in which
-    the deadline expired, in a step that took no longer than the slack; one
-    that shielded itself, waited on in its cleanup or blocked the loop does
-    not.
+    Installed on the trio run from the start of a shutdown. Two facts, no
+    clock threshold: whether the event loop has gone idle (nothing left to
+    run) since the deadline passed, and when the current task step began.
+    Every task that the cut ends promptly ends before the loop can go idle,
+    however long the loop takes to reach them all; a task that shielded
+    itself, swallowed the cancellation and waited, or waited in its cleanup
+    is still running when the loop idles. A task whose ending step began
+    before the deadline blocked the loop across it.
     """
 
     def __init__(self, deadline: float, now: Callable[[], float]) -> None:
         self.deadline = deadline
         self.now = now
-        self.passes = 0
-        self.cut_pass = -1  # the first pass that began at or after the deadline
-        self.step_pass = 0
-        self.step_started = 0.0
+        self.idled = False
+        self.step_started = -math.inf
 
-    def after_io_wait(self, timeout: float) -> None:
-        self.passes += 1
-        if self.cut_pass < 0 and self.now() >= self.deadline:
-            self.cut_pass = self.passes
+    def before_io_wait(self, timeout: float) -> None:
+        if (
+            not self.idled
+            and trio.lowlevel.current_statistics().tasks_runnable == 0
+            and self.now() >= self.deadline
+        ):
+            self.idled = True
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self.cut_pass >= 0:
-            self.step_pass = self.passes
-            self.step_started = self.now()
+        self.step_started = self.now()
 
-    def cut_promptly(self, ended: float) -> bool:
-        """Whether the task ending now (at ``ended``) was cut without holding the cut off."""
-        return (
-            self.cut_pass >= 0
-            and self.step_pass == self.cut_pass
-            and ended - self.step_started <= OVERRUN_SLACK
-        )
+    def held_off(self) -> bool:
+        """Whether the task ending now held the cut off (see the class docstring)."""
+        return self.idled or self.step_started < self.deadline
 
 
 class Policy:
-    """What a batch's app asked for: the options of its (innermost) middleware."""
+    """What a batch's app asked for: the options of the middleware its request reached.
 
-    __slots__ = ("backend", "error_hook", "on_error", "spill")
+    ``observers`` are those of every middleware the request went through.
+    """
+
+    __slots__ = ("backend", "error_hook", "observers", "on_error", "spill")
 
     def __init__(
         self,
-        on_error: OnError,
+        on_error: OnError | Literal["raise"],
         error_hook: ErrorHook | None,
         backend: DurableBackend | None,
         spill: bool,
+        observers: Observers,
     ) -> None:
-        self.on_error: OnError = on_error
+        self.on_error: OnError | Literal["raise"] = on_error
         self.error_hook = error_hook
         self.backend = backend
         self.spill = spill
+        self.observers = observers
+
+    def within(self, outer: Policy) -> Policy:
+        """This policy for a request that went through ``outer``'s middleware first."""
+        observers = Observers()
+        for observer in (*outer.observers.items, *self.observers.items):
+            observers.add(observer)
+        return Policy(self.on_error, self.error_hook, self.backend, self.spill, observers)
 
 
-class Flight:
-    """One batch in flight: opened by its request, run after its response.
+# await tasks() outside a request: the first failure stops the batch and is re-raised.
+_STANDALONE = Policy("raise", None, None, False, Observers())
 
-    Made by the supervisor, which gives it its ``ledger`` (where each ended
-    task's record goes), the shared ``observers`` and ``on_close``, called
-    once the batch has ended.
+
+class Board:
+    """What the runners of one supervisor share in one trio run.
+
+    The supervisor makes it and reads it; runners register on it, write
+    their records to its ledger and take its deadline. ``requests`` counts
+    the requests being handled, so that a report waits for a request that
+    may still open a batch.
+    """
+
+    def __init__(self, *, keep_records: int, thread_limit: int) -> None:
+        self.now = trio.lowlevel.current_clock().current_time
+        self.ledger = Ledger(self.now(), keep_records)
+        self.limiter = trio.CapacityLimiter(thread_limit)
+        self.token = trio.lowlevel.current_trio_token()
+        self.thread = threading.get_ident()
+        self.deadline = math.inf
+        self.watch: CutWatch | None = None
+        self.next_batch = 1
+        self.runners: dict[int, Runner] = {}
+        self.requests = 0
+        self.shields: set[trio.CancelScope] = set()
+        # Durable backends opened on first use (a mounted app's): closed with the app.
+        self.backends: list[DurableBackend] = []
+        self.closed = False
+        # Made only when someone waits for idleness: most requests never do.
+        self.idle: trio.Event | None = None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.deadline != math.inf
+
+    def register(self, runner: Runner) -> int:
+        number = self.next_batch
+        self.next_batch += 1
+        self.runners[number] = runner
+        return number
+
+    def unregister(self, number: int) -> None:
+        if self.runners.pop(number, None) is not None:
+            self.check_idle()
+
+    def request_ended(self) -> None:
+        self.requests -= 1
+        self.check_idle()
+
+    def check_idle(self) -> None:
+        if not self.runners and not self.requests and self.idle is not None:
+            self.idle.set()
+            self.idle = None
+
+    def cut(self, deadline: float) -> None:
+        """Bring every batch (and final send) to ``deadline``, watched by a new CutWatch."""
+        self.deadline = deadline
+        self.unwatch()
+        if not self.closed:
+            self.watch = CutWatch(deadline, self.now)
+            trio.lowlevel.add_instrument(self.watch)
+        due = deadline <= self.now()
+        for runner in self.runners.values():
+            runner.cut(deadline, due)
+        for shield in self.shields:
+            shield.deadline = deadline
+
+    def unwatch(self) -> None:
+        if self.watch is not None:
+            try:
+                trio.lowlevel.remove_instrument(self.watch)
+            except KeyError:  # trio removes an instrument that raised
+                pass
+            self.watch = None
+
+
+class _Phase(enum.Enum):
+    OPEN = "open"  # collecting tasks: the response is not over yet
+    RUNNING = "running"  # its nursery is open: admitted tasks start
+    ENDED = "ended"  # nothing can start any more: admissions are refused
+
+
+def _split(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """``exc`` as (its cancellation part, the task's own failure)."""
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    return None, exc
+
+
+class Runner:
+    """The one owner of one batch: admits, starts, settles and records its tasks.
+
+    Args:
+        batch: The batch; it hands every task added from now on to this runner.
+        board: The supervisor's board, or None for ``await tasks()`` outside a request.
+        policy: What to do on failure, the observers, the durable backend.
+        request: The request it came from, for records and logs.
     """
 
     __slots__ = (
         "batch",
-        "closed",
-        "deadline",
+        "board",
+        "cursors",
         "ended",
-        "epoch",
-        "ledger",
-        "limiter",
-        "next",
-        "now",
+        "failure",
         "number",
         "nursery",
-        "observers",
-        "on_close",
+        "phase",
         "policy",
         "ready_at",
         "request",
         "running",
-        "sequencing",
+        "skip_reason",
+        "soon_active",
+        "soon_idle",
         "stop_reason",
-        "watch",
+        "thread",
+        "waiters",
+        "working",
     )
 
     def __init__(
         self,
-        number: int,
-        request: str,
         batch: BackgroundTasks,
-        *,
+        board: Board | None,
         policy: Policy,
-        limiter: trio.CapacityLimiter,
-        deadline: float,
-        watch: CutWatch | None,
-        observers: Observers,
-        ledger: Ledger,
-        on_close: Callable[[Flight], None],
+        request: str,
     ) -> None:
-        self.number = number
-        self.request = request
+        if batch._runner is not None:  # pyright: ignore[reportPrivateUsage]
+            raise RuntimeError(
+                "this batch already belongs to a runner (a request's batch is run by the "
+                "middleware, and a batch runs once): use a new BackgroundTasks()"
+            )
         self.batch = batch
+        self.board = board
         self.policy = policy
-        self.limiter = limiter
-        # The shutdown deadline; while the batch runs, also its nursery's.
-        self.deadline = deadline
-        self.watch = watch  # how the cut at that deadline went (see CutWatch)
-        self.observers = observers
-        self.ledger = ledger
-        self.on_close = on_close
-        self.epoch = ledger.epoch
-        # trio.current_time() without its wrappers: called several times per task.
-        self.now = trio.lowlevel.current_clock().current_time
-        self.ready_at: float | None = None
-        self.ended = 0
+        self.request = request
+        self.number = 0  # 0 until the board knows the batch (its first task)
+        self.phase = _Phase.OPEN
+        # The trio thread: admissions from any other hop to it first.
+        self.thread = threading.get_ident() if board is None else board.thread
         self.nursery: trio.Nursery | None = None
-        self.running = False
-        self.closed = False
-        self.sequencing = False
-        self.next = 0
+        self.cursors = {SEQUENCE: 0, CLEANUP: 0}
+        self.working = False
+        self.soon_active = 0
+        self.soon_idle: trio.Event | None = None
+        self.ended = 0
+        self.ready_at: float | None = None
         self.stop_reason: str | None = None
+        self.skip_reason: str | None = None
+        self.failure: BaseException | None = None
+        self.running: dict[BackgroundTask, trio.CancelScope] = {}
+        self.waiters: dict[BackgroundTask, trio.Event] | None = None
+        batch.bind(self)
+        if batch.tasks:
+            tasks = list(batch.tasks)
+            batch.tasks.clear()
+            for task in tasks:
+                self.admit(task)
 
-    # Called by the batch for each task added (the _Owner protocol); from a
-    # worker thread too (a sync handler, or a sync task adding tasks).
-    def added(self, task: BackgroundTask) -> None:
+    # -- admission: every task comes in here ---------------------------------
+
+    def admit(self, task: BackgroundTask) -> None:
+        """Take ``task`` into the batch: from trio or from any thread, atomically.
+
+        Raises:
+            RuntimeError: The batch has ended: nothing would run the task.
+        """
+        if threading.get_ident() != self.thread:
+            self._admit_from_thread(task)
+            return
+        if self.phase is _Phase.ENDED:
+            if inspect.iscoroutine(task.func):  # pragma: no cover - refused at creation
+                task.func.close()
+            why = "it has already run" if self.board is None else "its batch has finished"
+            raise RuntimeError(
+                f"cannot add {task.name} to this batch: {why}, so the task would never run; "
+                "add tasks while the request is being handled, or from a task of the batch "
+                "while it runs"
+            )
+        if task.state is not TaskState.PENDING or task._runner is not None:  # pyright: ignore[reportPrivateUsage]
+            raise RuntimeError(
+                f"background task {task.name} already belongs to a batch or ran "
+                f"(state: {task.state.value}); a task runs once: add it again to run it again"
+            )
+        board = self.board
+        tasks = self.batch.tasks
+        if board is not None and self.number == 0:
+            self.number = board.register(self)
+        task.bind(self)
+        if board is not None:
+            task.id = f"{self.number}.{len(tasks)}"
+        task.index = len(tasks)
+        tasks.append(task)
         backend = self.policy.backend
         if backend is not None and backend.is_durable(task.func):
-            task._durable = True  # pyright: ignore[reportPrivateUsage]
-        if self.observers._items:  # pyright: ignore[reportPrivateUsage]
-            self.observers.task_added(task)
-        if self.nursery is not None:
-            index = len(self.batch.tasks) - 1
-            in_trio_or_from_thread(lambda: self._start(task, index))
+            task.durable = True
+        observers = self.policy.observers
+        if observers.items:
+            observers.task_added(task)
+        if board is not None and board.closed:
+            self._skip(task, _SERVER_STOPPED)
+            self._end_if_idle()
+        elif self.phase is _Phase.RUNNING:
+            self._start(task)
 
-    def _start(self, task: BackgroundTask, index: int) -> None:
+    def _admit_from_thread(self, task: BackgroundTask) -> None:
+        token = None if self.board is None else self.board.token
+        try:
+            trio.from_thread.run_sync(self.admit, task, trio_token=token)
+        except trio.RunFinishedError:
+            raise RuntimeError(
+                f"cannot add {task.name} to this batch: the server has stopped, so the task "
+                "would never run"
+            ) from None
+
+    def _start(self, task: BackgroundTask) -> None:
         nursery = self.nursery
-        if nursery is None:
-            return  # the batch ended meanwhile: _finish records the task
-        if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-            nursery.start_soon(_run_concurrent, self, task, index)
-        elif not self.sequencing:
-            self.sequencing = True
-            nursery.start_soon(_run_sequence, self)
+        assert nursery is not None  # RUNNING means the nursery is open
+        if task.kind == SOON:
+            self.soon_active += 1
+            nursery.start_soon(self._run_soon, task)
+        elif not self.working:
+            self.working = True
+            nursery.start_soon(self._work)
 
-    def set_deadline(self, deadline: float, watch: CutWatch | None) -> None:
-        """Bring the batch's deadline to ``deadline`` (cut as ``watch`` sees) if that is sooner."""
-        if deadline < self.deadline:
-            self.deadline = deadline
-            self.watch = watch
-            nursery = self.nursery
-            if nursery is None:
-                return
-            if deadline <= self.now():
-                # Due already (cancel mode): cut now rather than through trio's
-                # deadline heap, a push and a pop per batch when thousands wait.
-                nursery.cancel_scope.cancel()
-            else:
-                nursery.cancel_scope.deadline = deadline
+    # -- the gate: every task starts here ------------------------------------
 
-    def end(self, task: BackgroundTask, index: int, *, cut: bool = False) -> RawRecord | None:
-        """Record ``task`` (in a final state) once, now; None if it was already."""
-        if task._recorded:  # pyright: ignore[reportPrivateUsage]
-            return None
-        task._recorded = True  # pyright: ignore[reportPrivateUsage]
+    def _gate(self, task: BackgroundTask) -> bool:
+        """Start ``task`` if it may start now; else settle it ``skipped``."""
+        if task.state is not TaskState.PENDING:
+            return False  # cancelled by the app while pending: settled already
+        board = self.board
+        reason: str | None = None
+        now = trio.current_time()
+        if board is not None and now >= board.deadline:
+            reason = "the shutdown deadline passed before it started"
+        elif trio.current_effective_deadline() <= now:
+            reason = "the batch was cancelled before it started"
+        elif task.kind != CLEANUP:
+            reason = self.skip_reason or self.stop_reason
+        if reason is not None:
+            self._skip(task, reason)
+            return False
+        task.state = TaskState.RUNNING
+        task.started_at = now
+        return True
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the batch: the sequence, ``start_soon`` tasks beside it, then cleanups.
+
+        Error handling:
+            A task that raises anything but a cancellation is logged on the
+            ``trio_background`` logger with its name, the request and the
+            traceback, ends ``failed``, and is passed to the error hook; then
+            the next task runs, or, with ``on_error="stop"``, no other task of
+            the batch starts (cleanups run). A failing hook is logged.
+
+        Cancellation:
+            At the shutdown deadline the running tasks are cut and the rest end
+            ``skipped`` (or are handed off, with ``spill``). ``trio.Cancelled``
+            from an enclosing scope is re-raised after every task of the batch
+            has been recorded.
+        """
+        if self.phase is not _Phase.OPEN:
+            raise RuntimeError("a batch runs once")
+        self.ready_at = trio.current_time()
+        board = self.board
+        try:
+            async with trio.open_nursery() as nursery:
+                if board is not None and board.deadline != math.inf:
+                    if board.deadline <= self.ready_at:
+                        nursery.cancel_scope.cancel()
+                    else:
+                        nursery.cancel_scope.deadline = board.deadline
+                self.nursery = nursery
+                self.phase = _Phase.RUNNING
+                self.working = True
+                for task in self.batch.tasks:
+                    if task.kind == SOON and task.state is TaskState.PENDING:
+                        self.soon_active += 1
+                        nursery.start_soon(self._run_soon, task)
+                try:
+                    await self._work()
+                except trio.Cancelled:
+                    if not nursery.cancel_scope.cancel_called:
+                        raise
+                    # The batch's own deadline: absorbed here rather than by the
+                    # nursery's scope, so trio records no exception group per batch.
+        finally:
+            self.nursery = None
+            self.phase = _Phase.ENDED
+            try:
+                if self.policy.spill:
+                    await self._spill()
+                self._finish()
+            finally:
+                if board is not None and self.number:
+                    board.unregister(self.number)
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    async def _work(self) -> None:
+        """Run the sequence, then (once the ``start_soon`` tasks ended) the cleanups."""
+        try:
+            while True:
+                task = self._next(SEQUENCE)
+                if task is None:
+                    task = self._next(CLEANUP, peek=True)
+                    if task is None:
+                        return
+                    if self.soon_active:
+                        if self.soon_idle is None:
+                            self.soon_idle = trio.Event()
+                        await self.soon_idle.wait()
+                        continue
+                    self.cursors[CLEANUP] += 1
+                await self._run(task)
+        finally:
+            self.working = False
+            self._end_if_idle()
+
+    def _next(self, kind: int, *, peek: bool = False) -> BackgroundTask | None:
+        tasks = self.batch.tasks
+        cursor = self.cursors[kind]
+        while cursor < len(tasks):
+            task = tasks[cursor]
+            if task.kind == kind and task.state is TaskState.PENDING:
+                self.cursors[kind] = cursor if peek else cursor + 1
+                return task
+            cursor += 1
+        self.cursors[kind] = cursor
+        return None
+
+    async def _run_soon(self, task: BackgroundTask) -> None:
+        try:
+            await self._run(task)
+        finally:
+            self.soon_active -= 1
+            if not self.soon_active and self.soon_idle is not None:
+                self.soon_idle.set()
+                self.soon_idle = None
+            self._end_if_idle()
+
+    def _end_if_idle(self) -> None:
+        # Nothing left that could start a task: refuse admissions from now on,
+        # atomically, before the nursery closes (so no trio error can leak).
+        if self.phase is _Phase.RUNNING and not self.working and not self.soon_active:
+            self.phase = _Phase.ENDED
+
+    async def _run(self, task: BackgroundTask) -> None:
+        """Run one task through the gate and settle it; re-raise only a cancellation."""
+        if not self._gate(task):
+            return
+        if task.durable:
+            await self._hand_off_late(task)
+            return
+        observers = self.policy.observers
+        outcome = None if task.is_async else ThreadOutcome()
+        result: object = None
+        exc: BaseException | None = None
+        token = current_task.set(task)
+        # The task's own scope: the handle's cancel() cuts this task alone.
+        scope = trio.CancelScope()
+        try:
+            with scope:
+                self.running[task] = scope
+                if observers.items:
+                    with observers.task_running(task):
+                        result = await self._call(task, outcome)
+                else:
+                    result = await self._call(task, outcome)
+        except BaseException as raised:
+            exc = raised
+        finally:
+            current_task.reset(token)
+            del self.running[task]
+        try:
+            await self._settle(task, result, exc, outcome, by_app=scope.cancelled_caught)
+        finally:
+            # The traceback keeps this frame: without the del, every cut task
+            # leaves a reference cycle for the collector.
+            del exc
+
+    async def _call(self, task: BackgroundTask, outcome: ThreadOutcome | None) -> object:
+        if outcome is None:
+            return await task.func(*task.args, **task.kwargs)  # type: ignore[misc]  # is_async says so
+        limiter = None if self.board is None else self.board.limiter
+        return await run_in_thread(
+            task.func, task.args, task.kwargs, name=task.name, limiter=limiter, outcome=outcome
+        )
+
+    # -- settling: every task ends here --------------------------------------
+
+    async def _settle(
+        self,
+        task: BackgroundTask,
+        result: object,
+        exc: BaseException | None,
+        outcome: ThreadOutcome | None,
+        *,
+        by_app: bool,
+    ) -> None:
+        """Decide ``task``'s final state from how its run ended; record it; re-raise a cut.
+
+        ``by_app``: the task's own scope caught a cancellation (the handle's
+        ``cancel()``). A thread that never started ends ``skipped``, one that
+        did ``abandoned``; an async task cut ends ``cancelled``. A failure
+        (anything but a cancellation, ``SystemExit`` included) ends ``failed``;
+        of an exception group, the cancellation part is re-raised and the rest
+        is the failure.
+        """
+        cancelled: BaseException | None = None
+        failure: BaseException | None = None
+        if outcome is not None and outcome.started_at is not None:
+            task.started_at = outcome.started_at
+        if exc is not None:
+            cancelled, failure = _split(exc)
+        if failure is not None:
+            task.state = TaskState.FAILED
+            task.error = failure
+        elif cancelled is None and not by_app:
+            task.state = TaskState.COMPLETED
+            task.set_result(result)
+        elif outcome is not None and outcome.started_at is None:
+            task.state = TaskState.SKIPPED
+            task.started_at = None
+            task.reason = _BY_APP if by_app else "cancelled before its thread started"
+        elif outcome is not None:
+            task.state = TaskState.ABANDONED
+            task.reason = f"{_BY_APP}; its thread was left to finish" if by_app else _ABANDONED
+        else:
+            task.state = TaskState.CANCELLED
+            task.reason = _BY_APP if by_app else "cancelled while running"
+        raw = self._record(task)
+        if failure is not None:
+            await self._failed(task, raw, failure)
+        if cancelled is not None:
+            raise cancelled
+
+    def _skip(self, task: BackgroundTask, reason: str) -> None:
+        task.state = TaskState.SKIPPED
+        task.reason = reason
+        self._record(task)
+
+    def _record(self, task: BackgroundTask) -> RawRecord | None:
+        """Write ``task``'s one record (it is in its final state) and let go of its call."""
+        task.func, task.args, task.kwargs = released, (), {}
         self.ended += 1
-        ended = self.now()
+        waiters = self.waiters
+        if waiters is not None:
+            event = waiters.pop(task, None)
+            if event is not None:
+                event.set()
+        board = self.board
+        if board is None:
+            return None
+        ended = board.now()
         state = task.state
         overrun: float | None = None
-        late = ended - self.deadline
-        if late >= 0 and state in _RAN and self._overran(state, late, ended):
-            overrun = late
-            cut = True
+        watch = board.watch
+        if (
+            watch is not None
+            and state in _RAN
+            and ended > board.deadline
+            and task.started_at is not None
+            # One that returned did not let the cut end it (it swallowed it).
+            and (state is TaskState.COMPLETED or watch.held_off())
+        ):
+            overrun = ended - board.deadline
             if state is TaskState.COMPLETED:
                 task.reason = (
                     "returned after the shutdown deadline: it shielded itself from the "
@@ -245,12 +625,11 @@ class Flight:
                 "trio.Cancelled, or blocked the event loop",
                 task.name,
                 task.id,
-                task.state.value,
+                state.value,
                 overrun,
                 self.request,
             )
         error = task.error
-        skipped = state is TaskState.SKIPPED or state is TaskState.HANDED_OFF
         raw = RawRecord(
             task.name,
             state,
@@ -258,264 +637,167 @@ class Flight:
             task.reason,
             self.request,
             self.number,
-            index,
-            None if skipped else task.started_at,
+            task.index,
+            None
+            if state is TaskState.SKIPPED or state is TaskState.HANDED_OFF
+            else task.started_at,
             ended,
             task.progress,
             overrun,
             self.ready_at,
             task.engine_id,
         )
-        self.ledger.write(raw, cut=cut)
-        observers = self.observers
-        if observers._items:  # pyright: ignore[reportPrivateUsage]
-            observers.task_ended(task, build_record(raw, self.epoch))
+        cut = overrun is not None or (
+            board.shutting_down and state not in (TaskState.COMPLETED, TaskState.FAILED)
+        )
+        board.ledger.write(raw, cut=cut)
+        observers = self.policy.observers
+        if observers.items:
+            observers.task_ended(task, build_record(raw, board.ledger.epoch))
         return raw
 
-    def _overran(self, state: TaskState, late: float, ended: float) -> bool:
-        """Whether a task that ran and ended ``late`` s after the deadline overran it.
-
-        One that returned normally overran it, however little; one that ended
-        by the cancellation did if it took longer than the slack trio needs to
-        deliver it, unless the cut reached it late only because the loop was
-        busy cutting (CutWatch).
-        """
-        if state is TaskState.COMPLETED:
-            return True  # it did not let the cancellation end it
-        if late <= OVERRUN_SLACK:
-            return False
-        watch = self.watch
-        return watch is None or not watch.cut_promptly(ended)
-
-    def pending_reason(self) -> str:
-        if trio.current_time() >= self.deadline:
-            return "the shutdown deadline passed before it started"
-        return "the batch was cancelled before it started"
-
-
-def in_trio_or_from_thread(call: Callable[[], None]) -> None:
-    """``call()`` in trio: now if this is trio's thread, else through ``trio.from_thread``."""
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        trio.from_thread.run_sync(call)
-    else:
-        call()
-
-
-async def run_flight(flight: Flight) -> None:
-    """Run every task of ``flight`` and record each one.
-
-    Error handling:
-        A task that raises anything but a cancellation is logged on the
-        ``trio_background`` logger with its name, the request and the
-        traceback, ends ``failed``, and is passed to the error hook; then the
-        next task runs, or, with ``on_error="stop"``, the rest of the sequence
-        is skipped. A failing hook is logged.
-
-    Cancellation:
-        At the flight's deadline tasks not started end ``skipped`` (or are
-        handed off, with ``spill``). ``trio.Cancelled`` from an enclosing
-        scope is re-raised after every task of the batch has been recorded.
-    """
-    batch = flight.batch
-    flight.ready_at = flight.now()
-    flight.running = True
-    try:
-        # The nursery's own cancel scope is the batch's: its deadline is the
-        # shutdown deadline (one scope per batch, not two).
-        async with trio.open_nursery() as nursery:
-            if flight.deadline != math.inf:  # setting a deadline is not free
-                nursery.cancel_scope.deadline = flight.deadline
-            flight.nursery = nursery
-            for index, task in enumerate(batch.tasks):
-                if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-                    nursery.start_soon(_run_concurrent, flight, task, index)
-            flight.sequencing = True
-            try:
-                await _run_sequence(flight)
-            except trio.Cancelled:
-                if not nursery.cancel_scope.cancel_called:
-                    raise
-                # The batch's own deadline: its scope would absorb this on the
-                # way out; absorbed here, trio need not record it as the body's
-                # exception first (an exception group and two reprs per batch).
-    finally:
-        flight.nursery = None
-        try:
-            if flight.policy.spill:
-                await _spill(flight)
-            _finish(flight)
-        finally:
-            flight.on_close(flight)
-
-
-async def _spill(flight: Flight) -> None:
-    """Hand off the durable tasks that never started (``spill=True``)."""
-    if flight.policy.backend is None:  # pragma: no cover - the supervisor checks
-        return
-    durable = [
-        task
-        for task in flight.batch.tasks
-        if task.state is TaskState.PENDING and task._durable  # pyright: ignore[reportPrivateUsage]
-    ]
-    if durable:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
-            await hand_off(flight, durable, cut=True)
-
-
-def _finish(flight: Flight) -> None:
-    """Record what is left: tasks never started are skipped."""
-    tasks = flight.batch.tasks
-    reason: str | None = None
-    for index, task in enumerate(tasks):
-        if task._recorded:  # pyright: ignore[reportPrivateUsage]
-            continue
-        if task.state is TaskState.PENDING:
-            if reason is None:
-                reason = flight.pending_reason()
-            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
-            flight.end(task, index, cut=True)
-        else:
-            flight.end(task, index)
-    flight.batch._close("its batch has finished")  # pyright: ignore[reportPrivateUsage]
-
-
-async def hand_off(flight: Flight, tasks: list[BackgroundTask], *, cut: bool = False) -> bool:
-    """Hand ``tasks`` to the durable backend; record them. False if it failed."""
-    backend = flight.policy.backend
-    if backend is None:  # pragma: no cover - callers check
-        return False
-    try:
-        ids = await backend.hand_off(tasks)
-        if len(ids) != len(tasks):
-            raise RuntimeError(
-                f"the durable backend returned {len(ids)} ids for {len(tasks)} tasks"
-            )
-    except Exception as exc:
+    async def _failed(
+        self, task: BackgroundTask, raw: RawRecord | None, error: BaseException
+    ) -> None:
+        policy = self.policy
+        if policy.on_error == "raise":
+            self.stop_reason = "an earlier task of the batch raised"
+            if self.failure is None:
+                self.failure = error
+            return
         logger.error(
-            "could not hand off %d background task(s) of request %s to the durable backend",
-            len(tasks),
-            flight.request,
-            exc_info=exc,
+            "background task %s (%s) failed, for request %s",
+            task.name,
+            task.id,
+            self.request,
+            exc_info=error,
         )
-        return False
-    index_of = {id(task): i for i, task in enumerate(flight.batch.tasks)}
-    for task, engine_id in zip(tasks, ids, strict=True):
-        task._hand_off(engine_id)  # pyright: ignore[reportPrivateUsage]
-        flight.end(task, index_of[id(task)], cut=cut)
-    return True
+        if policy.on_error == "stop" and self.stop_reason is None:
+            self.stop_reason = f"task {task.id} ({task.name}) failed and on_error='stop'"
+        hook = policy.error_hook
+        if hook is not None and raw is not None and self.board is not None:
+            await _call_hook(hook, build_record(raw, self.board.ledger.epoch), error)
 
+    def _finish(self) -> None:
+        """Settle what never started: ``skipped``, with why."""
+        board = self.board
+        if board is not None and trio.current_time() >= board.deadline:
+            reason = "the shutdown deadline passed before it started"
+        else:
+            reason = (
+                self.skip_reason or self.stop_reason or "the batch was cancelled before it started"
+            )
+        for task in self.batch.tasks:
+            if task.state is TaskState.PENDING:
+                self._skip(task, reason)
 
-async def _run_sequence(flight: Flight) -> None:
-    tasks = flight.batch.tasks
-    observers = flight.observers
-    try:
-        while flight.next < len(tasks):
-            index = flight.next
-            task = tasks[index]
-            if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-                flight.next += 1
-                continue
-            if task.state is not TaskState.PENDING:
-                # Run by hand (await task()), discarded or handed off already.
-                flight.next += 1
-                flight.end(task, index)
-                continue
-            if flight.stop_reason is not None:
-                flight.next += 1
-                task._skip(flight.stop_reason)  # pyright: ignore[reportPrivateUsage]
-                flight.end(task, index)
-                continue
-            if flight.deadline != math.inf and flight.now() >= flight.deadline:
-                return  # the rest is skipped (or spilled) by _finish
-            flight.next += 1
-            if task._durable or observers._items:  # pyright: ignore[reportPrivateUsage]
-                await _run_one(flight, task, index)
-                continue
-            # _run_one's common case, inline: one coroutine less per task.
-            try:
-                await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
-            except BaseException as exc:
-                await _ended_by(flight, task, index, exc)
-            else:
-                flight.end(task, index)
-    finally:
-        flight.sequencing = False
+    # -- what the request, the supervisor and the handles ask ------------------
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the batch has not started running (it still takes adopted tasks)."""
+        return self.phase is _Phase.OPEN
 
-async def _run_concurrent(flight: Flight, task: BackgroundTask, index: int) -> None:
-    if task.state is not TaskState.PENDING:
-        flight.end(task, index)
-        return
-    await _run_one(flight, task, index)
+    def app_failed(self, reason: str) -> None:
+        """The app raised before its response was over: only cleanups will run.
 
+        The first reason stands (a framework's hook sees the handler raise
+        before the middleware sees the app call raise).
+        """
+        if self.skip_reason is None:
+            self.skip_reason = reason
 
-async def _run_one(flight: Flight, task: BackgroundTask, index: int) -> None:
-    if task._durable:  # pyright: ignore[reportPrivateUsage]
-        # Added after the response started (its hand-off came too late for
-        # the 503 promise): hand it off now; if that fails it fails.
-        if not await hand_off(flight, [task]):
+    def cut(self, deadline: float, due: bool) -> None:
+        nursery = self.nursery
+        if nursery is None:
+            return
+        if due:
+            # Cut now rather than through trio's deadline heap (a push and a
+            # pop per batch when thousands wait).
+            nursery.cancel_scope.cancel()
+        else:
+            nursery.cancel_scope.deadline = deadline
+
+    def cancel(self, task: BackgroundTask) -> bool:
+        """The handle's ``cancel()``: skip it if pending, cut it if running."""
+        if threading.get_ident() != self.thread:
+            token = None if self.board is None else self.board.token
+            return trio.from_thread.run_sync(self.cancel, task, trio_token=token)
+        if task.state is TaskState.PENDING:
+            self._skip(task, _BY_APP)
+            return True
+        scope = self.running.get(task)
+        if scope is None or scope.cancel_called:
+            return False
+        scope.cancel()
+        return True
+
+    async def wait(self, task: BackgroundTask) -> None:
+        if not task.state.is_final:
+            if self.waiters is None:
+                self.waiters = {}
+            event = self.waiters.get(task)
+            if event is None:
+                event = self.waiters[task] = trio.Event()
+            await event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def durable_pending(self) -> list[BackgroundTask]:
+        return [t for t in self.batch.tasks if t.durable and t.state is TaskState.PENDING]
+
+    async def hand_off(self, tasks: list[BackgroundTask]) -> bool:
+        """Hand ``tasks`` to the durable backend and record them; False if it failed."""
+        backend = self.policy.backend
+        if backend is None or not tasks:
+            return True
+        try:
+            ids = await backend.hand_off(tasks)
+            if len(ids) != len(tasks):
+                raise RuntimeError(
+                    f"the durable backend returned {len(ids)} ids for {len(tasks)} tasks"
+                )
+        except Exception as exc:
+            logger.error(
+                "could not hand off %d background task(s) of request %s to the durable backend",
+                len(tasks),
+                self.request,
+                exc_info=exc,
+            )
+            return False
+        for task, engine_id in zip(tasks, ids, strict=True):
+            if task.state is TaskState.PENDING:
+                task.state = TaskState.HANDED_OFF
+                task.engine_id = engine_id
+                self._record(task)
+        return True
+
+    async def _hand_off_late(self, task: BackgroundTask) -> None:
+        # Added after the response started (too late for the 503 promise):
+        # hand it off now; if that fails the task fails.
+        task.state = TaskState.PENDING
+        task.started_at = None
+        if not await self.hand_off([task]):
             task.state = TaskState.FAILED
             task.error = RuntimeError("the durable backend could not store the task")
-            task._release()  # pyright: ignore[reportPrivateUsage]
-            flight.end(task, index)
-        return
-    observers = flight.observers
-    try:
-        if observers._items:  # pyright: ignore[reportPrivateUsage]
-            with observers.task_running(task):
-                await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
-        else:
-            await task._run(limiter=flight.limiter, now=flight.now)  # pyright: ignore[reportPrivateUsage]
-    except BaseException as exc:
-        await _ended_by(flight, task, index, exc)
-    else:
-        flight.end(task, index)
+            self._record(task)
+
+    async def _spill(self) -> None:
+        """Hand off the durable tasks that never started (``spill=True``)."""
+        durable = self.durable_pending()
+        if durable:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
+                await self.hand_off(durable)
 
 
-async def _ended_by(flight: Flight, task: BackgroundTask, index: int, exc: BaseException) -> None:
-    """Record a run that raised ``exc``; re-raise it, or its cancellation part."""
-    if task.state is not TaskState.FAILED:
-        flight.end(task, index, cut=True)
-        try:
-            raise exc
-        finally:
-            # The traceback keeps this frame: without the del, every cut task
-            # leaves a reference cycle (exception, traceback, frame, exception)
-            # for the collector, which then walks the whole heap to find them.
-            del exc
-    raw = flight.end(task, index)
-    await _failed(flight, task, raw, exc)
-    cancelled = _cancellation_part(exc)
-    if cancelled is not None:
-        raise cancelled from None
+async def run_now(batch: BackgroundTasks) -> None:
+    """``await tasks()`` outside a request: the same runner, no supervisor.
 
-
-def _cancellation_part(exc: BaseException) -> BaseException | None:
-    if isinstance(exc, BaseExceptionGroup):
-        match, _ = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-        return match  # pyright: ignore[reportUnknownVariableType]
-    return None
-
-
-async def _failed(
-    flight: Flight, task: BackgroundTask, raw: RawRecord | None, exc: BaseException
-) -> None:
-    error = failure_of(exc) or exc
-    logger.error(
-        "background task %s (%s) failed, for request %s",
-        task.name,
-        task.id,
-        flight.request,
-        exc_info=error,
-    )
-    policy = flight.policy
-    if policy.on_error == "stop":
-        flight.stop_reason = f"task {task.id} ({task.name}) failed and on_error='stop'"
-    hook = policy.error_hook
-    if hook is not None and raw is not None:
-        await _call_hook(hook, build_record(raw, flight.epoch), error)
+    Raises:
+        BaseException: The first exception a task raised; the tasks after it
+            end ``skipped`` (cleanups run).
+    """
+    await Runner(batch, None, _STANDALONE, "-").run()
 
 
 async def _call_hook(hook: ErrorHook, record: TaskRecord, exc: BaseException) -> None:

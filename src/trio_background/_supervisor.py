@@ -13,7 +13,6 @@ and used by many ``trio.run`` calls (a test suite) starts each run fresh.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -21,16 +20,15 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._ledger import Ledger
 from ._observe import Observers, TaskObserver
 from ._records import ShutdownReport, TaskRecord
-from ._runner import CutWatch, ErrorHook, Flight, OnError, Policy, run_flight
-from ._tasks import BackgroundTasks
+from ._runner import Board, ErrorHook, OnError, Policy, Runner
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._backend import DurableBackend
+    from ._tasks import BackgroundTask, BackgroundTasks
 
 __all__ = ["Mode", "Snapshot", "Supervisor", "SupervisorStatistics"]
 
@@ -117,39 +115,18 @@ class Snapshot:
         }
 
 
-class _RunState:
-    """Everything that changes, for one trio run."""
+class _Run:
+    """The supervisor's life in one trio run: the board, and how shutdown went."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        epoch = trio.current_time()
-        self.limiter = trio.CapacityLimiter(supervisor.thread_limit)
-        self.ledger = Ledger(epoch, supervisor.keep_records)
-        self.next_batch = 1
-        self.flights: dict[int, Flight] = {}
-        # Made only when someone waits for idleness: most requests never do.
-        self.idle: trio.Event | None = None
+    __slots__ = ("board", "cause", "drain_timeout", "final", "mode", "shutdown_started_at")
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
         self.mode: Mode | None = None
         self.cause: str | None = None
         self.drain_timeout: float | None = None
         self.shutdown_started_at: float | None = None
-        self.deadline = math.inf  # on trio's clock
         self.final: ShutdownReport | None = None
-        self.watch: CutWatch | None = None
-
-    def watch_cut(self, deadline: float) -> CutWatch | None:
-        """Watch the cut at ``deadline`` (see CutWatch), instead of an earlier watch."""
-        self.unwatch()
-        if self.final is not None:
-            return None  # closed already (a late second signal): nothing left to cut
-        self.watch = CutWatch(deadline, trio.lowlevel.current_clock().current_time)
-        trio.lowlevel.add_instrument(self.watch)
-        return self.watch
-
-    def unwatch(self) -> None:
-        if self.watch is not None:
-            with contextlib.suppress(KeyError):  # trio removes an instrument that raised
-                trio.lowlevel.remove_instrument(self.watch)
-            self.watch = None
 
 
 class Supervisor:
@@ -225,25 +202,30 @@ class Supervisor:
         self.error_hook = error_hook
         self.backend = backend
         self.spill = bool(spill)
-        # What the runner reads; made once, since each batch holds it.
-        self.policy = Policy(on_error, error_hook, backend, self.spill)
         self._observers = Observers()
         for observer in observers:
             self._observers.add(observer)
-        self._runs: trio.lowlevel.RunVar[_RunState] = trio.lowlevel.RunVar(
+        # What the runner reads; made once, since each batch holds it.
+        self.policy = Policy(on_error, error_hook, backend, self.spill, self._observers)
+        self._runs: trio.lowlevel.RunVar[_Run] = trio.lowlevel.RunVar(
             f"trio_background.Supervisor@{id(self):#x}"
         )
 
     def __repr__(self) -> str:
         return f"<Supervisor mode={self.mode} drain_timeout={self.drain_timeout:g}>"
 
-    def _state(self) -> _RunState:
+    def _state(self) -> _Run:
         try:
             return self._runs.get()
         except LookupError:
-            state = _RunState(self)
+            state = _Run(Board(keep_records=self.keep_records, thread_limit=self.thread_limit))
             self._runs.set(state)
             return state
+
+    @property
+    def board(self) -> Board:
+        """What this supervisor's batches share in this trio run (for the middleware)."""
+        return self._state().board
 
     def add_observer(self, observer: TaskObserver) -> None:
         """Register ``observer`` (once; adding it again does nothing).
@@ -256,7 +238,7 @@ class Supervisor:
     @property
     def limiter(self) -> trio.CapacityLimiter:
         """The limiter that sync tasks' threads run under (this trio run's)."""
-        return self._state().limiter
+        return self._state().board.limiter
 
     @property
     def shutting_down(self) -> bool:
@@ -273,47 +255,6 @@ class Supervisor:
 
     # -- batches -----------------------------------------------------------
 
-    def _open(
-        self, request: str, policy: Policy | None = None, batch: BackgroundTasks | None = None
-    ) -> Flight:
-        """Open a batch for ``request``: from now on reports and queries see it."""
-        state = self._state()
-        number = state.next_batch
-        state.next_batch += 1
-        flight = Flight(
-            number,
-            request,
-            BackgroundTasks() if batch is None else batch,
-            policy=self.policy if policy is None else policy,
-            limiter=state.limiter,
-            deadline=state.deadline,
-            watch=state.watch,
-            observers=self._observers,
-            ledger=state.ledger,
-            on_close=self._close_flight,
-        )
-        state.flights[number] = flight
-        flight.batch._attach(number, flight)  # pyright: ignore[reportPrivateUsage]
-        return flight
-
-    def _close_flight(self, flight: Flight) -> None:
-        flight.closed = True
-        flight.batch._owner = None  # pyright: ignore[reportPrivateUsage]
-        state = self._state()
-        if state.flights.pop(flight.number, None) is None:
-            return
-        if not state.flights and state.idle is not None:
-            state.idle.set()
-            state.idle = None
-
-    def _skip(self, flight: Flight, reason: str) -> None:
-        """Record every task of ``flight`` as ``skipped`` for ``reason``, unrun."""
-        for index, task in enumerate(flight.batch.tasks):
-            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
-            flight.end(task, index)
-        flight.batch._close(f"it was skipped ({reason})")  # pyright: ignore[reportPrivateUsage]
-        self._close_flight(flight)
-
     async def run(self, batch: BackgroundTasks, *, request: str = "-") -> None:
         """Run ``batch`` now, under this supervisor's policy and deadline.
 
@@ -321,23 +262,18 @@ class Supervisor:
         the middleware).
 
         Args:
-            batch: The batch; it is closed when this returns.
+            batch: The batch; it is finished when this returns.
             request: The request it came from, for records and logs.
 
         Raises:
-            RuntimeError: ``batch`` already belongs to a supervisor.
+            RuntimeError: ``batch`` already belongs to a runner.
 
         Cancellation:
             At the shutdown deadline the batch is cut (see the runner) and
             this returns normally. A cancellation from an enclosing scope (the
             server's own deadline) is recorded the same way and propagates.
         """
-        if batch._number is not None:  # pyright: ignore[reportPrivateUsage]
-            raise RuntimeError(
-                "this batch already belongs to a supervisor (a request's batch is run by the "
-                "middleware): run a new BackgroundTasks() instead"
-            )
-        await run_flight(self._open(request, batch=batch))
+        await Runner(batch, self.board, self.policy, request).run()
 
     # -- shutdown ----------------------------------------------------------
 
@@ -371,40 +307,39 @@ class Supervisor:
         if state.shutdown_started_at is None:
             state.shutdown_started_at = now
             state.cause = cause
-        if deadline >= state.deadline:
+        board = state.board
+        if deadline >= board.deadline:
             return
-        state.deadline = deadline
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
-        watch = state.watch_cut(deadline)
-        for flight in state.flights.values():
-            flight.set_deadline(deadline, watch)
+        board.cut(deadline)
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"
             if mode == "cancel"
             else f"draining background tasks for up to {timeout:g}s",
-            len(state.flights),
+            len(board.runners),
         )
         if self._observers:
             self._observers.shutdown_begun(deadline - now)
 
     def time_until_deadline(self) -> float:
         """Seconds until the batch deadline: ``inf`` before shutdown, 0 once passed."""
-        deadline = self._state().deadline
+        deadline = self._state().board.deadline
         return max(0.0, deadline - trio.current_time())
 
     async def wait_idle(self) -> None:
         """Return once no batch is open (at once if none is).
 
         A batch is open from its request's first task until its last task is
-        recorded, so this also waits for requests still being handled.
+        recorded; this also waits for requests still being handled (through
+        the middleware), which may still open one.
         """
-        state = self._state()
-        while state.flights:
-            if state.idle is None:
-                state.idle = trio.Event()
-            await state.idle.wait()
+        board = self._state().board
+        while board.runners or board.requests:
+            if board.idle is None:
+                board.idle = trio.Event()
+            await board.idle.wait()
         await trio.lowlevel.checkpoint()
 
     async def shutdown(
@@ -429,12 +364,12 @@ class Supervisor:
     def report(self) -> ShutdownReport:
         """The report as it stands now (counts so far, records kept so far)."""
         state = self._state()
-        return state.ledger.report(
+        return state.board.ledger.report(
             mode=state.mode,
             cause=state.cause,
             drain_timeout=state.drain_timeout,
             shutdown_started_at=state.shutdown_started_at,
-            deadline=state.deadline,
+            deadline=state.board.deadline,
         )
 
     def close(self, *, cause: str | None = None) -> ShutdownReport:
@@ -453,7 +388,9 @@ class Supervisor:
         if state.shutdown_started_at is None and state.cause is None:
             state.cause = cause
         report = state.final = self.report()
-        state.unwatch()
+        # From now on a batch opened late is skipped at once (and counted).
+        state.board.closed = True
+        state.board.unwatch()
         if report.all_completed:
             logger.info("%s", report.summary())
         else:
@@ -469,19 +406,18 @@ class Supervisor:
 
     # -- queries -----------------------------------------------------------
 
-    def _live(self, flight: Flight, index: int) -> TaskRecord:
-        state = self._state()
-        task = flight.batch.tasks[index]
+    def _live(self, runner: Runner, task: BackgroundTask) -> TaskRecord:
+        board = self._state().board
         started = task.started_at
         return TaskRecord(
             name=task.name,
             state=task.state,
             error=None,
             reason=None,
-            request=flight.request,
-            batch=flight.number,
-            index=index,
-            started_at=None if started is None else state.ledger.since(started),
+            request=runner.request,
+            batch=runner.number,
+            index=task.index,
+            started_at=None if started is None else board.ledger.since(started),
             ended_at=None,
             progress=task.progress,
         )
@@ -497,13 +433,14 @@ class Supervisor:
         key = _parse_id(task_id)
         if key is None:
             return None
-        state = self._state()
+        board = self._state().board
         number, index = key
-        flight = state.flights.get(number)
-        if flight is not None and index < len(flight.batch.tasks):
-            if not flight.batch.tasks[index].state.is_final:
-                return self._live(flight, index)
-        return state.ledger.find(number, index)
+        runner = board.runners.get(number)
+        if runner is not None and index < len(runner.batch.tasks):
+            task = runner.batch.tasks[index]
+            if not task.state.is_final:
+                return self._live(runner, task)
+        return board.ledger.find(number, index)
 
     def recent_finished(self, limit: int) -> list[TaskRecord]:
         """The ``limit`` most recent kept records of ended tasks, oldest first.
@@ -515,7 +452,7 @@ class Supervisor:
         """
         if not _is_count(limit) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        return self._state().ledger.recent(limit)
+        return self._state().board.ledger.recent(limit)
 
     def active_page(
         self, *, after: str | None = None, limit: int = 100
@@ -537,46 +474,48 @@ class Supervisor:
                 raise ValueError(f"after must be a task id such as '12.0', got {after!r}")
             start = key
         page: list[TaskRecord] = []
-        for number, flight in self._state().flights.items():
+        for number, runner in self._state().board.runners.items():
             if number < start[0]:
                 continue
-            for index, task in enumerate(flight.batch.tasks):
-                if (number, index) <= start or task.state.is_final:
+            for task in runner.batch.tasks:
+                if (number, task.index) <= start or task.state.is_final:
                     continue
                 if len(page) == limit:
                     last = page[-1]
                     return page, last.id
-                page.append(self._live(flight, index))
+                page.append(self._live(runner, task))
         return page, None
 
     def snapshot(self) -> Snapshot:
         """Live records of open batches' unfinished tasks, and the kept finished ones."""
         state = self._state()
+        board = state.board
         active = [
-            self._live(flight, index)
-            for flight in state.flights.values()
-            for index, task in enumerate(flight.batch.tasks)
+            self._live(runner, task)
+            for runner in board.runners.values()
+            for task in runner.batch.tasks
             if not task.state.is_final
         ]
-        deadline = state.deadline
+        deadline = board.deadline
         return Snapshot(
             shutting_down=state.shutdown_started_at is not None,
             deadline_in=None if math.isinf(deadline) else max(0.0, deadline - trio.current_time()),
-            counts=state.ledger.counts,
+            counts=board.ledger.counts,
             active=tuple(active),
-            finished=tuple(state.ledger.kept()),
+            finished=tuple(board.ledger.kept()),
         )
 
     def statistics(self) -> SupervisorStatistics:
         """Counts and in-flight work, cheaply, for monitoring."""
         state = self._state()
+        board = state.board
         return SupervisorStatistics(
-            batches_running=len(state.flights),
+            batches_running=len(board.runners),
             shutting_down=state.shutdown_started_at is not None,
-            deadline=None if math.isinf(state.deadline) else state.ledger.since(state.deadline),
-            counts=state.ledger.counts,
-            threads_busy=state.limiter.borrowed_tokens,
-            tasks_active=sum(len(f.batch.tasks) - f.ended for f in state.flights.values()),
+            deadline=None if math.isinf(board.deadline) else board.ledger.since(board.deadline),
+            counts=board.ledger.counts,
+            threads_busy=board.limiter.borrowed_tokens,
+            tasks_active=sum(len(r.batch.tasks) - r.ended for r in board.runners.values()),
         )
 
 

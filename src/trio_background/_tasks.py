@@ -1,15 +1,15 @@
-"""Tasks and batches: what a handler adds, and how one task runs.
+"""Tasks and batches: what a handler adds.
 
-A :class:`BackgroundTask` is one call (a function and its arguments) with a
-:class:`TaskState`. A :class:`BackgroundTasks` is the ordered batch a request
-collects. Input is checked when a task is added, never later: a task that
-would fail for a reason visible at ``add_task`` time raises ``TypeError``
-there, where the mistake is.
+A :class:`BackgroundTask` is one call (a function and its arguments) and the
+handle to what became of it. A :class:`BackgroundTasks` is the ordered batch
+a request collects. Input is checked when a task is added, never later: a
+task that would fail for a reason visible at ``add_task`` time raises
+``TypeError`` there, where the mistake is.
 
-This module knows how to run *one* task (async in the calling task, sync in a
-worker thread through ``_threads.py``) and is the one place that decides a
-task's final state. Running a batch under a policy, with records and
-deadlines, is the runner's job (``_runner.py``).
+This module only *describes* work. Starting a task, deciding its final state
+and recording it is the runner's job (``_runner.py``), for every kind of
+task and every kind of batch: a batch hands each task it is given to its
+runner (``admit``), and ``await tasks()`` is a runner too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import sys
 from contextvars import ContextVar
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
 from types import FunctionType
@@ -25,27 +24,41 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 import trio
 
-from ._progress import Progress, current_task
-from ._threads import ThreadOutcome, run_in_thread
-
 if TYPE_CHECKING:
+    import weakref
     from collections.abc import Callable, Iterable
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    from ._progress import Progress
 
 P = ParamSpec("P")
 
 _GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 
-__all__ = ["BackgroundTask", "BackgroundTasks", "TaskState", "adopting", "failure_of"]
+__all__ = [
+    "CLEANUP",
+    "SEQUENCE",
+    "SOON",
+    "BackgroundTask",
+    "BackgroundTasks",
+    "Runs",
+    "TaskState",
+    "adopting",
+    "describe",
+    "released",
+]
+
+# How a task runs in its batch (BackgroundTask.kind).
+SEQUENCE = 0  # add_task: one after another, in order
+SOON = 1  # start_soon: beside the sequence
+CLEANUP = 2  # add_cleanup: after the rest, even when the app failed
 
 
 class TaskState(str, enum.Enum):
     """Where a background task is in its life.
 
-    A task starts ``pending`` and ends in exactly one of the six final
-    states. Each value is the lower-case string of its name.
+    A task starts ``pending`` and ends in exactly one of the final states
+    (every state but ``pending`` and ``running``). Each value is the
+    lower-case string of its name.
     """
 
     PENDING = "pending"
@@ -62,7 +75,7 @@ class TaskState(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
-        """True for the six states a task ends in."""
+        """True for the states a task ends in."""
         return self not in (TaskState.PENDING, TaskState.RUNNING)
 
 
@@ -132,56 +145,51 @@ def _check_task_function(func: object) -> None:
         )
 
 
-def _released(*args: object, **kwargs: object) -> None:
+def released(*args: object, **kwargs: object) -> None:
+    """What an ended task's ``func`` becomes: it let go of the real one."""
     raise RuntimeError(
         "this background task has ended and let go of its function and arguments; "
         "a task runs once: add it again to run it again"
     )
 
 
-def _is_cancellation(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-        return rest is None
-    return False
+def describe(func: object) -> str:
+    """The name of ``func`` for logs and messages."""
+    return _describe(func)
 
 
-def failure_of(exc: BaseException) -> BaseException | None:
-    """The part of ``exc`` that is the task's own failure, or None for a pure cancellation.
+class Runs(Protocol):
+    """The runner of a batch, as the batch and its tasks see it (``_runner.Runner``)."""
 
-    An exception group is split: its ``trio.Cancelled`` part belongs to
-    whoever cancelled, the rest (a group, or the one exception) is the failure.
-    """
-    if isinstance(exc, trio.Cancelled):
-        return None
-    if isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-        return rest  # pyright: ignore[reportUnknownVariableType]
-    return exc
+    def admit(self, task: BackgroundTask) -> None: ...
+
+    def cancel(self, task: BackgroundTask) -> bool: ...
+
+    async def wait(self, task: BackgroundTask) -> None: ...
 
 
-class _Adopter(Protocol):
-    """The request being handled, which takes tasks run as ``background=``."""
+class _Adopting(Protocol):
+    """The request being handled: it takes tasks awaited as Starlette's ``background=``."""
 
     def adopt(self, task: BackgroundTask) -> bool: ...
 
     def owns(self, batch: BackgroundTasks) -> bool: ...
 
 
-# Set by the middleware while the app handles a request (see BackgroundTask.__call__).
-adopting: ContextVar[_Adopter | None] = ContextVar("trio_background_request", default=None)
+# Set by the middleware while the app handles a request (see BackgroundTask.__call__):
+# a weak reference, so that a task a handler starts elsewhere keeps no request alive.
+adopting: ContextVar[weakref.ReferenceType[_Adopting] | None] = ContextVar(
+    "trio_background_request", default=None
+)
 
 
-class _Owner(Protocol):
-    """What a supervised batch tells about its tasks (the supervisor's flight)."""
-
-    def added(self, task: BackgroundTask) -> None: ...
+def _adopter() -> _Adopting | None:
+    ref = adopting.get()
+    return None if ref is None else ref()
 
 
 class BackgroundTask:
-    """One background call: a function and the arguments to call it with.
+    """One background call, and the handle to what became of it.
 
     Args:
         func: A sync or async function (or any callable). Async ones are
@@ -200,11 +208,13 @@ class BackgroundTask:
         kwargs: Its keyword arguments (released when the task ends).
         name: The function's qualified name, for logs and reports.
         is_async: Whether the task is awaited (True) or run in a thread.
+        kind: How it runs in its batch: ``SEQUENCE`` (``add_task``), ``SOON``
+            (``start_soon``) or ``CLEANUP`` (``add_cleanup``).
         state: The :class:`TaskState`.
         error: The exception the task raised, or None.
         reason: Why a task was skipped, cancelled or abandoned, or None.
         id: ``"<batch>.<index>"`` once the task belongs to a supervised batch
-            (at ``add_task`` in a request, else when its batch starts), or None.
+            (at ``add_task`` in a request), or None.
         progress: The last :class:`Progress` the task reported, or None.
         started_at: When it started, on trio's clock, or None.
         engine_id: The durable engine's id of a handed-off task, or None.
@@ -216,15 +226,17 @@ class BackgroundTask:
     """
 
     __slots__ = (
-        "_concurrent",
-        "_durable",
-        "_recorded",
+        "_result",
+        "_runner",
         "args",
+        "durable",
         "engine_id",
         "error",
         "func",
         "id",
+        "index",
         "is_async",
+        "kind",
         "kwargs",
         "name",
         "progress",
@@ -248,19 +260,82 @@ class BackgroundTask:
         self.func: Callable[..., object] = func
         self.args: tuple[Any, ...] = args
         self.kwargs: dict[str, Any] = kwargs
+        self.kind = SEQUENCE
         self.state: TaskState = TaskState.PENDING
         self.error: BaseException | None = None
         self.reason: str | None = None
         self.id: str | None = None
+        self.index = 0
         self.progress: Progress | None = None
         self.started_at: float | None = None
         self.engine_id: str | None = None
-        self._concurrent = False
-        self._durable = False
-        self._recorded = False
+        self.durable = False
+        self._result: object = None
+        # The runner that owns the task once it is admitted (the handle's way in).
+        self._runner: Runs | None = None
 
     def __repr__(self) -> str:
         return f"<BackgroundTask {self.name} {self.state.value}>"
+
+    @property
+    def result(self) -> object:
+        """What the function returned, once the task is ``completed``.
+
+        Raises:
+            RuntimeError: The task has not completed (it is pending, running,
+                or ended in another state).
+        """
+        if self.state is not TaskState.COMPLETED:
+            raise RuntimeError(
+                f"background task {self.name} has no result: it is {self.state.value}, "
+                "and only a completed task has one; await task.wait() first"
+            )
+        return self._result
+
+    def set_result(self, value: object) -> None:
+        """For the runner: what the function returned."""
+        self._result = value
+
+    def bind(self, runner: Runs) -> None:
+        """For the runner: it owns this task from now on."""
+        self._runner = runner
+
+    def cancel(self) -> bool:
+        """Cancel the task: a pending one ends ``skipped``, a running one is cut.
+
+        A running async task is cancelled (``cancelled``); a running sync task
+        is abandoned in its thread (``abandoned``). A task that has ended is
+        left as it is.
+
+        Returns:
+            Whether this changed anything.
+        """
+        runner = self._runner
+        if runner is None:
+            if self.state is not TaskState.PENDING:
+                return False
+            self.state = TaskState.SKIPPED
+            self.reason = "cancelled by the app"
+            self.func, self.args, self.kwargs = released, (), {}
+            return True
+        return runner.cancel(self)
+
+    async def wait(self) -> None:
+        """Return once the task has a final state (at once if it has one).
+
+        Never raises what the task raised: read :attr:`state`, :attr:`error`
+        and :attr:`result`.
+        """
+        runner = self._runner
+        if runner is None or self.state.is_final:
+            await trio.lowlevel.checkpoint()
+            if not self.state.is_final:
+                raise RuntimeError(
+                    f"background task {self.name} belongs to no batch that runs it: add it "
+                    "to a batch (add_task) or run it (await task()) before waiting for it"
+                )
+            return
+        await runner.wait(self)
 
     async def __call__(self) -> None:
         """Run the task now, in this task, and re-raise what it raises.
@@ -274,105 +349,20 @@ class BackgroundTask:
             RuntimeError: The task already ran.
             BaseException: Whatever the function raised (the task ends ``failed``).
         """
-        adopter = adopting.get()
+        adopter = _adopter()
         if adopter is not None and adopter.adopt(self):
             return
-        await self._run(limiter=None)
-
-    async def _run(
-        self,
-        *,
-        limiter: trio.CapacityLimiter | None,
-        now: Callable[[], float] | None = None,
-    ) -> None:
-        """Run the task once and set its final state; re-raise what it raised.
-
-        ``now`` is the run's clock (``trio.current_time`` when None).
-
-        Cancellation:
-            An async task that is cancelled ends ``cancelled``. A sync task
-            whose thread is running is abandoned (``abandoned``); one that was
-            still waiting for a thread ends ``skipped``. ``trio.Cancelled``
-            is re-raised in every case.
-        """
         if self.state is not TaskState.PENDING:
             raise RuntimeError(
                 f"background task {self.name} already ran (state: {self.state.value}); "
                 "a task runs once: add it again to run it again"
             )
-        self.state = TaskState.RUNNING
-        self.started_at = trio.current_time() if now is None else now()
-        token = current_task.set(self)
-        try:
-            if self.is_async:
-                await self.func(*self.args, **self.kwargs)  # type: ignore[misc]  # is_async says so
-            else:
-                await self._run_sync(limiter)
-        except BaseException as exc:
-            if self.state is TaskState.RUNNING:
-                self._settle(exc)
-            raise
-        finally:
-            current_task.reset(token)
-            # self._release(), inline: this runs for every task.
-            self.func = _released
-            self.args = ()
-            self.kwargs = {}
-        self.state = TaskState.COMPLETED
-
-    async def _run_sync(self, limiter: trio.CapacityLimiter | None) -> None:
-        outcome = ThreadOutcome()
-        try:
-            await run_in_thread(
-                self.func, self.args, self.kwargs, name=self.name, limiter=limiter, outcome=outcome
+        if self._runner is not None:
+            raise RuntimeError(
+                f"background task {self.name} belongs to a batch, which runs it; "
+                "await task.wait() to wait for it"
             )
-        except trio.Cancelled:
-            if outcome.started_at is not None:
-                self.state = TaskState.ABANDONED
-                self.reason = (
-                    "cancelled while its thread was running; the thread was left to "
-                    "finish on its own"
-                )
-            else:
-                self.started_at = None
-                self.state = TaskState.SKIPPED
-                self.reason = "cancelled before its thread started"
-            raise
-        finally:
-            if outcome.started_at is not None:
-                self.started_at = outcome.started_at
-
-    def _settle(self, exc: BaseException) -> None:
-        """Set the final state for a run that ended with ``exc``."""
-        if _is_cancellation(exc):
-            self.state = TaskState.CANCELLED
-            self.reason = "cancelled while running"
-        else:
-            self.state = TaskState.FAILED
-            self.error = failure_of(exc)
-
-    def _release(self) -> None:
-        self.func = _released
-        self.args = ()
-        self.kwargs = {}
-
-    def _skip(self, reason: str) -> bool:
-        """Mark a pending task ``skipped`` (it will never run); False if it was not pending.
-
-        The one place a task is skipped: every path that gives up on a task
-        before it ran comes here with its reason.
-        """
-        if self.state is not TaskState.PENDING:
-            return False
-        self.state = TaskState.SKIPPED
-        self.reason = reason
-        self._release()
-        return True
-
-    def _hand_off(self, engine_id: str) -> None:
-        self.state = TaskState.HANDED_OFF
-        self.engine_id = engine_id
-        self._release()
+        await BackgroundTasks([self])()
 
 
 class BackgroundTasks:
@@ -381,8 +371,12 @@ class BackgroundTasks:
     In a request served through :class:`BackgroundTasksMiddleware`, the batch
     runs after the response is complete, in a nursery inside the request's
     own task: the tasks of :meth:`add_task` one after another in the order
-    added, those of :meth:`start_soon` beside them. The same object works
-    standalone: ``await tasks()`` runs it now.
+    added, those of :meth:`start_soon` beside them, then those of
+    :meth:`add_cleanup`. The same object works standalone: ``await tasks()``
+    runs it now.
+
+    A batch is always true, even when empty (as FastAPI's is): ``bg or
+    BackgroundTasks()`` keeps the request's batch.
 
     Args:
         tasks: Tasks to start the batch with.
@@ -391,7 +385,7 @@ class BackgroundTasks:
         TypeError: An item of ``tasks`` is not a :class:`BackgroundTask`.
     """
 
-    __slots__ = ("_closed", "_number", "_owner", "tasks")
+    __slots__ = ("__weakref__", "_runner", "tasks")
 
     def __init__(self, tasks: Iterable[BackgroundTask] | None = None) -> None:
         self.tasks: list[BackgroundTask] = list(tasks) if tasks else []
@@ -402,10 +396,8 @@ class BackgroundTasks:
                     f"{type(task).__qualname__}; build them with BackgroundTask(func, *args) "
                     "or use add_task(func, *args)"
                 )
-        self._closed: str | None = None
-        # Set by the supervisor that owns the batch; task ids derive from it.
-        self._number: int | None = None
-        self._owner: _Owner | None = None
+        # The runner that owns the batch, once one does (a request's, or await tasks()).
+        self._runner: Runs | None = None
 
     def __repr__(self) -> str:
         return f"<BackgroundTasks {len(self.tasks)} tasks>"
@@ -413,13 +405,20 @@ class BackgroundTasks:
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def __bool__(self) -> bool:
+        return True
+
+    def bind(self, runner: Runs) -> None:
+        """For the runner: it owns this batch (and every task added later)."""
+        self._runner = runner
+
     def add_task(
         self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
     ) -> BackgroundTask:
         """Add ``func(*args, **kwargs)`` to run after the response, in order.
 
         A task added while the batch runs (for example by one of its own
-        tasks) runs after the tasks already in it.
+        tasks, or from a thread) runs after the tasks already in it.
 
         Returns:
             The :class:`BackgroundTask` created, to inspect its state later.
@@ -430,9 +429,8 @@ class BackgroundTasks:
             RuntimeError: The batch has already finished running, so the task
                 would never run.
         """
-        self._check_open(func)
         task = BackgroundTask(func, *args, **kwargs)
-        self._append(task)
+        self._admit(task)
         return task
 
     def start_soon(
@@ -442,8 +440,7 @@ class BackgroundTasks:
 
         The task starts when the batch starts (at once if it is running),
         beside the :meth:`add_task` sequence, in the same nursery and under
-        the same deadline, records and error handling. Standalone
-        (``await tasks()``) it runs concurrently with the sequence too.
+        the same deadline, records and error handling.
 
         Returns:
             The :class:`BackgroundTask` created.
@@ -452,97 +449,65 @@ class BackgroundTasks:
             TypeError: As :meth:`add_task`.
             RuntimeError: As :meth:`add_task`.
         """
-        self._check_open(func)
         task = BackgroundTask(func, *args, **kwargs)
-        task._concurrent = True  # pyright: ignore[reportPrivateUsage]
-        self._append(task)
+        task.kind = SOON
+        self._admit(task)
         return task
 
-    def _check_open(self, func: object) -> None:
-        if self._closed is not None:
-            name = _describe(func)
-            if inspect.iscoroutine(func):
-                func.close()
-            raise RuntimeError(
-                f"cannot add {name} to this batch: {self._closed}, so it would never run; "
-                "add tasks while the request is being handled, or from a task of the batch "
-                "while it runs"
-            )
+    def add_cleanup(
+        self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
+    ) -> BackgroundTask:
+        """Add ``func(*args, **kwargs)`` to run after the batch's other tasks, always.
 
-    def _append(self, task: BackgroundTask) -> None:
-        if self._number is not None:
-            task.id = f"{self._number}.{len(self.tasks)}"
-        self.tasks.append(task)
-        if self._owner is not None:
-            self._owner.added(task)
+        Cleanup tasks run in the order added, after the :meth:`add_task` and
+        :meth:`start_soon` tasks have ended, even when the app raised before
+        its response was over or a task failed under ``on_error="stop"``.
+        Like every task, never after the shutdown deadline (then ``skipped``).
 
-    def _attach(self, number: int, owner: _Owner | None) -> None:
-        """Number the batch, give its tasks (and later ones) their ids, and its owner."""
-        self._number = number
-        self._owner = owner
-        for index, task in enumerate(self.tasks):
-            task.id = f"{number}.{index}"
-            if owner is not None:
-                owner.added(task)
+        Returns:
+            The :class:`BackgroundTask` created.
+
+        Raises:
+            TypeError: As :meth:`add_task`.
+            RuntimeError: As :meth:`add_task`.
+        """
+        task = BackgroundTask(func, *args, **kwargs)
+        task.kind = CLEANUP
+        self._admit(task)
+        return task
+
+    def _admit(self, task: BackgroundTask) -> None:
+        runner = self._runner
+        if runner is None:
+            self.tasks.append(task)
+        else:
+            runner.admit(task)
 
     async def __call__(self) -> None:
         """Run the pending tasks now (the Starlette protocol).
 
-        The :meth:`add_task` tasks run in order, the :meth:`start_soon` ones
-        beside them. In a request served through the middleware, a batch
-        awaited after the response is complete (Starlette's
-        ``Response(background=tasks)``) joins the request's batch instead.
+        The :meth:`add_task` tasks run in order (also those they add), the
+        :meth:`start_soon` ones beside them, then the cleanups. In a request
+        served through the middleware, a batch awaited after the response is
+        complete (Starlette's ``Response(background=tasks)``) joins the
+        request's batch instead.
 
         Raises:
+            RuntimeError: The batch already ran, or belongs to a request.
             BaseException: The first exception a task raised (in an
                 exception group when the batch has :meth:`start_soon` tasks);
-                the tasks after it end ``skipped`` and the batch is finished.
+                the tasks after it end ``skipped``, cleanups run.
         """
-        adopter = adopting.get()
+        adopter = _adopter()
         if adopter is not None:
             if adopter.owns(self):
                 return  # the request's own batch: the middleware runs it
-            if self._closed is None and all(
+            if self._runner is None and all(
                 adopter.adopt(task) for task in self.tasks if task.state is TaskState.PENDING
             ):
-                self._close("its tasks joined the request's batch")
+                self.tasks.clear()
                 return
-        index = 0
-        try:
-            if any(task._concurrent for task in self.tasks):  # pyright: ignore[reportPrivateUsage]
-                # Errors of concurrent tasks come out as an exception group.
-                async with trio.open_nursery() as nursery:
-                    while index < len(self.tasks):
-                        task = self.tasks[index]
-                        index += 1
-                        if task.state is not TaskState.PENDING:
-                            continue
-                        if task._concurrent:  # pyright: ignore[reportPrivateUsage]
-                            nursery.start_soon(functools.partial(task._run, limiter=None))  # pyright: ignore[reportPrivateUsage]
-                        else:
-                            await task._run(limiter=None)  # pyright: ignore[reportPrivateUsage]
-            else:
-                while index < len(self.tasks):
-                    task = self.tasks[index]
-                    index += 1
-                    if task.state is TaskState.PENDING:
-                        await task._run(limiter=None)  # pyright: ignore[reportPrivateUsage]
-        finally:
-            for task in self.tasks[index:]:
-                task._skip("an earlier task of the batch raised")  # pyright: ignore[reportPrivateUsage]
-            self._close("it has already run")
+        # The runner runs it; imported here because the runner imports this module.
+        from ._runner import run_now
 
-    def _close(self, why: str) -> None:
-        """Refuse further tasks; ``why`` completes "cannot add ...: <why>"."""
-        if self._closed is None:
-            self._closed = why
-
-    def _discard(self, reason: str) -> None:
-        """Skip every pending task with ``reason`` and close the batch.
-
-        The FastAPI dependency calls this when the handler raises, so that, as
-        in FastAPI, tasks added by a failed handler do not run.
-        """
-        for task in self.tasks:
-            task._skip(reason)  # pyright: ignore[reportPrivateUsage]
-        self._close(f"it was discarded ({reason})")
+        await run_now(self)

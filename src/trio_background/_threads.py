@@ -86,8 +86,8 @@ async def run_in_thread(
     name: str,
     limiter: trio.CapacityLimiter | None,
     outcome: ThreadOutcome,
-) -> None:
-    """Call ``func(*args, **kwargs)`` in a worker thread and wait for it.
+) -> object:
+    """Call ``func(*args, **kwargs)`` in a worker thread, wait for it, return its result.
 
     Raises:
         Exception: Whatever the function raised; TypeError if it returned an
@@ -99,10 +99,10 @@ async def run_in_thread(
     """
     clock = trio.lowlevel.current_clock()
 
-    def call() -> None:
+    def call() -> object:
         with outcome.lock:
             if outcome.withdrawn:
-                return
+                return None
             outcome.started_at = clock.current_time()
         result = func(*args, **kwargs)
         if inspect.isawaitable(result):
@@ -114,11 +114,12 @@ async def run_in_thread(
                 "function itself to add_task() (add_task(func, arg) rather than "
                 "add_task(lambda: func(arg)))"
             )
+        return result
 
     hook = _wait_hook
     with nullcontext() if hook is None else hook():
         try:
-            await trio.to_thread.run_sync(
+            return await trio.to_thread.run_sync(
                 call,
                 abandon_on_cancel=True,
                 # trio documents "a CapacityLimiter-like object" here.

@@ -39,6 +39,8 @@ from ._tasks import BackgroundTasks as _BackgroundTasks
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ._middleware import Exchange
+
 __all__ = ["BackgroundTasks", "get_background_tasks"]
 
 # FastAPI (>= 0.118) opens these exit stacks around each request: the first
@@ -51,10 +53,10 @@ _REQUEST_STACK = "fastapi_inner_astack"
 class _DiscardOnError:
     """An ``__exit__``-style callback: a handler that raised loses its batch."""
 
-    __slots__ = ("_batch",)
+    __slots__ = ("_exchange",)
 
-    def __init__(self, batch: _BackgroundTasks) -> None:
-        self._batch = batch
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
 
     def __call__(
         self,
@@ -63,7 +65,7 @@ class _DiscardOnError:
         traceback: TracebackType | None,
     ) -> bool:
         if exc_type is not None:
-            self._batch._discard(f"the handler raised {exc_type.__qualname__}")  # pyright: ignore[reportPrivateUsage]
+            self._exchange.app_failed(f"the handler raised {exc_type.__qualname__}")
         return False
 
 
@@ -89,7 +91,7 @@ async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
         exchange.defer_to(request_stack)
     function_stack = scope.get(_FUNCTION_STACK)
     if function_stack is not None:
-        function_stack.push(_DiscardOnError(batch))
+        function_stack.push(_DiscardOnError(exchange))
     return batch
 
 

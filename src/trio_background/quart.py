@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - the test environment has the ex
         "trio_background.quart needs Quart-trio: pip install 'trio-background[quart]'"
     ) from exc
 
-from ._middleware import BackgroundTasksMiddleware, from_scope
+from ._middleware import BackgroundTasksMiddleware, exchange_from_scope, from_scope
 from ._observe import TaskObserver
 
 if TYPE_CHECKING:
@@ -193,9 +193,10 @@ def _discard_when_the_view_raises(app: QuartTrio) -> None:
 
     async def handle_user_exception(error: Any) -> Any:
         if quart.has_request_context():
-            batch: BackgroundTasks | None = _scope().get(_BATCH_KEY)
-            if batch is not None:
-                batch._discard(f"the view raised {type(error).__qualname__}")  # pyright: ignore[reportPrivateUsage]
+            if _scope().get(_BATCH_KEY) is not None:
+                exchange_from_scope(_scope()).app_failed(
+                    f"the view raised {type(error).__qualname__}"
+                )
         return await handle(error)
 
     app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import re
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from examples import progress_builtin
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+
 from trio_background import BackgroundTasksMiddleware
 from trio_background.testing import open_live_server
 
@@ -104,13 +107,29 @@ async def test_progress_moves_item_by_item_to_completed(monkeypatch: pytest.Monk
     assert report.completed[0].id == task_id
 
 
+def with_options(monkeypatch: pytest.MonkeyPatch, **options: Any) -> FastAPI:
+    """The example app, its own middleware given ``options`` for this test.
+
+    A second middleware around it would be refused at startup: middlewares
+    never merge.
+    """
+    app = progress_builtin.app
+    monkeypatch.setattr(
+        app, "user_middleware", [Middleware(BackgroundTasksMiddleware, **options)]
+    )
+    monkeypatch.setattr(app, "middleware_stack", None)
+    return app
+
+
 async def test_a_task_waiting_for_a_thread_has_no_progress_yet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gate = Gate()
     monkeypatch.setattr(progress_builtin, "simulate_work", gate)
-    # One worker thread for sync tasks, taken by the first task at the gate.
-    app = BackgroundTasksMiddleware(progress_builtin.app, thread_limit=1)
+    # One worker thread for sync tasks, taken by the first task at the gate: the
+    # app's own middleware with that option (a second one around it would be
+    # refused at startup: middlewares never merge).
+    app = with_options(monkeypatch, thread_limit=1)
     async with open_live_server(app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             first = await start(client, 1)
@@ -191,7 +210,7 @@ async def test_old_records_are_dropped_and_then_not_found(
     # The supervisor keeps the most recent finished records (keep_records per
     # final state, 100 by default): here, one.
     monkeypatch.setattr(progress_builtin, "SECONDS_PER_ITEM", 0)
-    app = BackgroundTasksMiddleware(progress_builtin.app, keep_records=1)
+    app = with_options(monkeypatch, keep_records=1)
     async with open_live_server(app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
             first = await start(client, 1)
