@@ -323,8 +323,8 @@ class BackgroundTask:
     async def wait(self) -> None:
         """Return once the task has a final state (at once if it has one).
 
-        Never raises what the task raised: read :attr:`state`, :attr:`error`
-        and :attr:`result`.
+        Never raises what the task raised: read ``state``, ``error`` and
+        :attr:`result`.
         """
         runner = self._runner
         if runner is None or self.state.is_final:
