@@ -481,7 +481,11 @@ class ModelMachine(RuleBasedStateMachine):
             self.step(lambda world: world.supervisor.begin_shutdown(mode="cancel"))
             for request_number in list(world.requests):
                 self.step(lambda world, n=request_number: world.requests[n].scope_cancel.cancel())
-            for _ in range(3):
+            # Time runs on until nothing is left (await tasks() outside a
+            # request is no server's: it runs to its end).
+            for _ in range(50):
+                if all(t.state.is_final for t in [*world.tasks, *world.standalone]):
+                    break
                 self.step(lambda world: self.clock.jump(60))
 
             async def finish(world: World) -> Any:
