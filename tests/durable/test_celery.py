@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,5 @@ def test_import_without_the_extra_names_the_fix(tmp_path: Path) -> None:
         check=True,
     )
     assert result.stdout == (
-        "False\n"
-        "trio_background.celery needs Celery: pip install 'trio-background[celery]'\n"
+        "False\ntrio_background.celery needs Celery: pip install 'trio-background[celery]'\n"
     )
