@@ -225,3 +225,32 @@ def test_import_without_the_extra_names_the_fix(tmp_path: Path) -> None:
     assert result.stdout == (
         "False\ntrio_background.celery needs Celery: pip install 'trio-background[celery]'\n"
     )
+
+
+async def test_the_example_hands_the_invoice_to_a_celery_worker(
+    redis_server: RedisServer,
+    queue_name: str,
+    tmp_path: Path,
+    spawn: Spawn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {"REDIS_URL": redis_server.url, "OUTBOX": str(tmp_path), "CELERY_QUEUE": queue_name}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    web = await spawn(
+        "-m", "trio_background", "examples.durable_celery:app", "--bind", "127.0.0.1:0"
+    )
+    url = await web.url()
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/orders/42", params={"email": "ada@example.com"})
+    assert response.json() == {"order": 42, "invoice": "on its way"}
+    web.process.kill()  # a crash right after the answer: the invoice is on the broker
+    await web.finish()
+    worker = await spawn(
+        "-m", "celery", "-A", "examples.durable_celery:celery_app", "worker", "--pool=solo",
+        "--without-heartbeat", "--without-mingle", "--without-gossip", "--loglevel=INFO",
+    )  # fmt: skip
+    await worker.wait_for(r"Task examples\.durable_celery\.send_invoice\[[\w-]+\] succeeded")
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.finish() == 0
+    assert (tmp_path / "invoice-42.txt").read_text() == "invoice for order 42 to ada@example.com\n"
