@@ -14,8 +14,10 @@ in process after the response). One httpx client sends the requests one at
 a time on a kept-alive connection, the two routes interleaved, and times
 each from send to the end of the body. A third row times
 ``backend.hand_off()`` alone for one task: the Redis round trip the
-durable route adds. No worker runs: the queue only grows, as a web process
-sees it.
+durable route adds. A fourth row serves the same app with
+``CeleryBackend`` (Redis as Celery's broker) and times ``/celery``, one
+task published to Celery (the ``celery`` extra). No worker runs: the
+queues only grow, as a web process sees them.
 
 The table shows the median, 90th and 99th percentile latency per request,
 and the difference of the medians: the hand-off's cost per request. The
@@ -56,7 +58,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "durable.json"
 DURABLE = "durable: one task handed off"
 LOCAL = "in process: one async task"
 HAND_OFF = "hand_off() alone, one task"
-CASES = (DURABLE, LOCAL, HAND_OFF)
+CELERY = "celery: one task published"
+CASES = (DURABLE, LOCAL, HAND_OFF, CELERY)
 
 
 async def durable_job(n: int) -> int:
@@ -67,6 +70,10 @@ async def local_job(n: int) -> int:
     return n
 
 
+def celery_job(n: int) -> int:
+    return n
+
+
 async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await receive()  # startup
@@ -74,7 +81,7 @@ async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         await receive()  # shutdown
         await send({"type": "lifespan.shutdown.complete"})
         return
-    job = durable_job if scope["path"] == "/durable" else local_job
+    job: Any = {"/durable": durable_job, "/celery": celery_job}.get(scope["path"], local_job)
     from_scope(scope).add_task(job, 1)
     await send(
         {
@@ -118,7 +125,29 @@ async def measure(redis_url: str, requests: int, rounds: int) -> dict[str, list[
     handed_off = report.count("handed_off")
     if handed_off != len(latencies[DURABLE]) + min(per_round, 20):
         raise RuntimeError(f"not every durable task was handed off: {report.summary()}")
+    latencies[CELERY] = await _measure_celery(redis_url, requests, min(per_round, 20))
     return latencies
+
+
+async def _measure_celery(redis_url: str, requests: int, warm_up: int) -> list[float]:
+    """The same request with ``CeleryBackend`` (Redis as Celery's broker; no worker)."""
+    from celery import Celery
+
+    from trio_background.celery import CeleryBackend
+
+    celery_app = Celery("bench", broker=redis_url, set_as_current=False)
+    celery_app.conf.task_default_queue = "bench-celery"
+    backend = CeleryBackend(celery_app)
+    backend.task(name="bench.durable.celery_job")(celery_job)
+    async with open_live_server(BackgroundTasksMiddleware(app, backend=backend)) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            await _time_requests(client, "/celery", warm_up)
+            out = await _time_requests(client, "/celery", requests)
+        report = await server.shutdown()
+    celery_app.close()
+    if report.count("handed_off") != requests + warm_up:
+        raise RuntimeError(f"not every Celery task was published: {report.summary()}")
+    return out
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -131,7 +160,7 @@ def _table(latencies: dict[str, list[float]]) -> str:
     local = statistics.median(latencies[LOCAL])
     for case, values in latencies.items():
         median = statistics.median(values)
-        extra = "-" if case != DURABLE else f"+{(median - local) * 1000:.3f} ms"
+        extra = "-" if case not in (DURABLE, CELERY) else f"+{(median - local) * 1000:.3f} ms"
         rows.append(
             (
                 case,

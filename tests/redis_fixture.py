@@ -1,6 +1,7 @@
 """A real ``redis-server`` (Debian's) on a free loopback port, for the tests and the benchmark.
 
-Nothing is written to disk: ``--save ''``, ``--appendonly no``, and its
+Nothing is written to disk: ``--save ''``, ``--appendonly no`` (unless
+``appendonly=True``: what survives a crash, as in production), and its
 folder is one the caller gives (a temporary one).
 """
 
@@ -27,8 +28,9 @@ def _free_port() -> int:
 class RedisServer:
     """A ``redis-server`` process that can be stopped and started again on its port."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, appendonly: bool = False) -> None:
         self.folder = folder
+        self.appendonly = appendonly
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +52,8 @@ class RedisServer:
     def _spawn(self, port: int) -> bool:
         process = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--logfile", ""],
+             "--appendonly", "yes" if self.appendonly else "no",
+             "--dir", str(self.folder), "--logfile", ""],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -324,8 +324,13 @@ def test_examples_page_shows_each_seed_and_example() -> None:
         if d == "literalinclude"
     ]
     seeds = {path.stem for path in (DOCS / "seed").glob("*.py")}
-    # durable.py is not a seed's: docs/durable.rst shows it, tests/durable/ runs it.
-    examples = {path.stem for path in EXAMPLES.glob("*.py")} - {"__init__", "demo", "durable"}
+    # durable*.py are not seeds: docs/durable.rst shows them, tests/durable/ runs them.
+    examples = {path.stem for path in EXAMPLES.glob("*.py")} - {
+        "__init__",
+        "demo",
+        "durable",
+        "durable_celery",
+    }
     others = {"quart_app"}  # not FastAPI: shown by its guide, docs/guides/quart.rst
     assert len(seeds) == 9
     assert examples == seeds | {"progress_builtin"} | others

@@ -27,11 +27,18 @@ def test_the_durable_benchmark_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for row in ("durable: one task handed off", "in process: one async task", "hand_off() alone"):
+    rows = (
+        "durable: one task handed off",
+        "in process: one async task",
+        "hand_off() alone",
+        "celery: one task published",
+    )
+    for row in rows:
         assert row in done.stdout
     data = json.loads(out.read_text())
     assert {k: len(v) for k, v in data["seconds"].items()} == {
         "durable: one task handed off": 20,
         "in process: one async task": 20,
         "hand_off() alone, one task": 20,
+        "celery: one task published": 20,
     }

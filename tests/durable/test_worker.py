@@ -22,6 +22,7 @@ import trio
 
 from tests.durable import durable_app
 from tests.durable.conftest import Spawn
+from tests.redis_fixture import RedisServer
 from tests.test_cli import Server
 from trio_background import BackgroundTask
 from trio_background.streaq import StreaqBackend
@@ -204,3 +205,35 @@ def test_a_bad_backend_spec_exits_2_with_the_fix(
         main(["worker", spec])
     assert exit_info.value.code == 2
     assert re.search(rf"error: {message}\n\Z", capsys.readouterr().err)
+
+
+async def test_a_worker_rides_out_a_redis_outage(
+    tmp_path_factory: pytest.TempPathFactory,
+    durable_env: Path,
+    spawn: Spawn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    redis_server = RedisServer(tmp_path_factory.mktemp("aof-redis"), appendonly=True)
+    redis_server.start()
+    try:
+        monkeypatch.setenv("TB_REDIS_URL", redis_server.url)
+        report_path = durable_env / "report.json"
+        worker = await start_worker(spawn, "--report-json", str(report_path))
+        async with durable_app.make_backend() as client:
+            [before] = await client.hand_off([BackgroundTask(durable_app.mark, "before")])
+            with trio.fail_after(30):
+                assert (await client.result(before)).result == "before"
+        redis_server.stop()  # SIGKILL: a crash
+        await worker.wait_for(r"lost Redis at redis://127\.0\.0\.1:\d+/0 .*; connecting again")
+        redis_server.start()
+        await worker.wait_for(r"Redis is back, reading the queue")
+        async with durable_app.make_backend() as client:
+            [after] = await client.hand_off([BackgroundTask(durable_app.mark, "after")])
+            with trio.fail_after(30):
+                assert (await client.result(after)).result == "after"
+        await stop(worker)  # exit status 0, not 1
+    finally:
+        redis_server.stop()
+    report = json.loads(report_path.read_text())
+    assert report["counts"]["completed"] == 2
+    assert [r["engine_id"] for r in report["completed"]] == [before, after]

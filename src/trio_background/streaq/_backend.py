@@ -10,19 +10,31 @@ system task that owns the client for the backend's whole life: it enters
 streaQ's ``Worker``, says "ready", and waits for ``aclose()``. Requests only
 borrow the client to send commands, which is what coredis allows from any
 task once its pool has been entered.
+
+The second hard idea: the response and the outcome must agree although Redis
+may answer late. A hand-off stores its tasks *held* (in streaQ's delayed
+queue, due only after ``hold`` seconds), so no worker can start them yet.
+Once Redis confirmed the write, they are *released* (moved to the stream, at
+once) and the client gets 2xx. If Redis did not confirm in time, the client
+gets 503 and the tasks are *withdrawn*: removed from the delayed queue, or,
+if the write has not arrived yet, their keys taken so that it stores nothing
+when it does. Both are retried by the connection's task until Redis
+confirms them; a held task nobody released runs when its hold ends (the
+write was confirmed, so the client got 2xx).
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import streaq
 import trio
@@ -43,6 +55,8 @@ __all__ = ["DEFAULT_QUEUE", "Durable", "StreaqBackend", "make_streaq_worker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+logger = logging.getLogger("trio_background.streaq")
+
 
 class _Unset(enum.Enum):
     UNSET = enum.auto()
@@ -51,6 +65,45 @@ class _Unset(enum.Enum):
 _UNSET = _Unset.UNSET
 
 DEFAULT_QUEUE = "trio_background"
+
+# How long a withdrawn task's key stays taken, so that a write that arrives
+# after the withdrawal (held up in the network) stores nothing.
+_TOMBSTONE_MS = 24 * 3600 * 1000
+_TOMBSTONE = "trio_background: withdrawn, the client got 503"
+# Between two attempts at a release or a withdrawal Redis did not confirm.
+_RETRY_BACKOFF = (0.1, 5.0)
+
+# KEYS: the delayed queue, the stream. ARGV: enqueue time, then the task ids.
+# A task still held moves to the stream; one that is not (released already,
+# or its hold ended and a worker moved it) is left alone.
+_RELEASE = """
+local released = 0
+for i = 2, #ARGV do
+  if redis.call('zrem', KEYS[1], ARGV[i]) == 1 then
+    redis.call('xadd', KEYS[2], '*', 'task_id', ARGV[i], 'enqueue_time', ARGV[1])
+    released = released + 1
+  end
+end
+return released
+"""
+
+# KEYS: the delayed queue, then each task's key. ARGV: tombstone ttl (ms),
+# the tombstone, then the task ids. Returns the ids that could not be
+# withdrawn: stored and no longer held, so a worker runs them.
+_WITHDRAW = """
+local escaped = {}
+for i = 3, #ARGV do
+  local task_key = KEYS[i - 1]
+  if redis.call('zrem', KEYS[1], ARGV[i]) == 1 then
+    redis.call('del', task_key)
+  elseif not redis.call('set', task_key, ARGV[2], 'nx', 'px', ARGV[1]) then
+    if redis.call('get', task_key) ~= ARGV[2] then
+      escaped[#escaped + 1] = ARGV[i]
+    end
+  end
+end
+return escaped
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +116,16 @@ class Durable:
     max_tries: int | None
     timeout: float | None
     ttl: float | None
+
+
+@dataclass(eq=False)
+class _Settle:
+    """A release or withdrawal Redis has not confirmed yet: retried until it does."""
+
+    kind: Literal["release", "withdraw"]
+    ids: list[str]
+    enqueue_time: int
+    give_up_at: float
 
 
 def _check_seconds(what: str, value: object, *, allow_none: bool = True) -> None:
@@ -111,15 +174,21 @@ class StreaqBackend:
             this Redis: streaQ stores arguments with ``pickle``.
         max_tries: Default for :meth:`task`: how many times a worker may
             start one call (redeliveries after a worker died count).
+        hold: Seconds a hand-off's tasks wait, stored but not runnable,
+            until Redis has confirmed the write (then they run at once).
+            Only a task whose release Redis never confirmed waits the whole
+            hold; a withdrawal (the client got 503) must reach Redis within
+            half of it. By default 12 x ``hand_off_timeout``, at least 60.
 
     Error handling:
         :meth:`hand_off` raises whatever kept the tasks from being stored
         (connection refused, timeout, Redis error); the middleware then
         answers 503 and the tasks end ``skipped``. The tasks of one call are
-        written in one MULTI/EXEC transaction: all of them or none. If the
-        connection breaks after Redis ran the transaction but before the
-        answer arrived, the tasks are stored although the call failed: they
-        run (at least once), never silently lost.
+        written in one MULTI/EXEC transaction: all of them or none. If Redis
+        ran the transaction but its answer came too late (a slow network,
+        a connection that broke), the tasks are withdrawn before any worker
+        could start them (see ``hold``), so a 503 always means that none of
+        them runs, and a 2xx that all of them are stored.
     """
 
     def __init__(
@@ -132,6 +201,7 @@ class StreaqBackend:
         hand_off_timeout: float = 5.0,
         signing_secret: str | None = None,
         max_tries: int | None = 3,
+        hold: float | None = None,
     ) -> None:
         _check_url(redis_url)
         _check_queue_name(queue_name)
@@ -139,12 +209,17 @@ class StreaqBackend:
         _check_seconds("idle_timeout", idle_timeout, allow_none=False)
         _check_seconds("hand_off_timeout", hand_off_timeout, allow_none=False)
         _check_max_tries(max_tries)
+        _check_seconds("hold", hold)
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.concurrency = concurrency
         self.idle_timeout = idle_timeout
         self.hand_off_timeout = hand_off_timeout
         self.max_tries = max_tries
+        self.hold = max(60.0, 12 * hand_off_timeout) if hold is None else hold
+        self._settle_send: trio.MemorySendChannel[_Settle] | None = None
+        self._unsettled: set[_Settle] = set()
+        self._all_settled = trio.Event()
         self._signing_secret = signing_secret
         self._by_name: dict[str, Durable] = {}
         self._by_func: dict[Callable[..., Any], Durable] = {}
@@ -288,10 +363,14 @@ class StreaqBackend:
     async def open(self) -> None:
         """Connect to Redis (the middleware calls this at lifespan startup).
 
+        Bounded by ``hand_off_timeout``: a Redis that accepts the connection
+        but never answers fails the open as one that refuses it does.
+
         Raises:
             RuntimeError: Already open.
-            Exception: Redis could not be reached (coredis's error, raised
-                here so the app does not start without its queue).
+            ConnectionError: Redis could not be reached, or did not answer
+                within ``hand_off_timeout`` (raised here so the app does not
+                start without its queue).
         """
         if self._closed is not None:
             raise RuntimeError(f"{self!r} is already open; aclose() it first")
@@ -300,14 +379,20 @@ class StreaqBackend:
         closing = trio.Event()
         closed = trio.Event()
         failure: list[Exception] = []
+        cancel_open = trio.CancelScope()
+        settle_send, settle_receive = trio.open_memory_channel[_Settle](math.inf)
 
         async def hold() -> None:
             # A system task: it must never raise (trio would call that an
             # internal error), so a failure is handed to open()/aclose().
             try:
-                async with client:
-                    ready.set()
-                    await closing.wait()
+                with cancel_open:
+                    async with client:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._settle_all, client, settle_receive)
+                            ready.set()
+                            await closing.wait()
+                            await self._settled(nursery)
             except Exception as exc:
                 failure.append(exc)
             finally:
@@ -316,21 +401,40 @@ class StreaqBackend:
 
         self._closed = closed
         self._closing = closing
+        self._settle_send = settle_send
         trio.lowlevel.spawn_system_task(hold, name=f"{self!r} connection")
-        await ready.wait()
+        with trio.move_on_after(self.hand_off_timeout) as waiting:
+            await ready.wait()
+        if waiting.cancelled_caught:
+            cancel_open.cancel()
+            with trio.CancelScope(shield=True):
+                await closed.wait()
+            self._closed = self._closing = self._settle_send = None
+            raise ConnectionError(
+                f"cannot connect to Redis at {self.redis_url} for {self!r}: no answer within "
+                f"hand_off_timeout ({self.hand_off_timeout:g}s)"
+            )
         if failure:
-            self._closed = self._closing = None
+            self._closed = self._closing = self._settle_send = None
             raise ConnectionError(
                 f"cannot connect to Redis at {self.redis_url} for {self!r}: {_leaf(failure[0])}"
             ) from failure[0]
         self._client = client
 
     async def aclose(self) -> None:
-        """Close the connection (lifespan shutdown). Idempotent."""
+        """Close the connection (lifespan shutdown). Idempotent.
+
+        Releases and withdrawals Redis has not confirmed yet get up to
+        ``hand_off_timeout`` (at most one second) more; those still
+        unconfirmed then are logged as a WARNING with what becomes of them.
+        """
         closing, closed = self._closing, self._closed
         if closing is None or closed is None:
             return
         self._client = None
+        if self._settle_send is not None:
+            self._settle_send.close()
+            self._settle_send = None
         closing.set()
         with trio.CancelScope(shield=True):
             await closed.wait()
@@ -356,11 +460,21 @@ class StreaqBackend:
     async def hand_off(self, tasks: Sequence[BackgroundTask]) -> list[str]:
         """Store every task in Redis in one transaction; return their streaQ ids in order.
 
+        The tasks are stored held (no worker can start them), released once
+        Redis confirmed the write, all within ``hand_off_timeout``. If Redis
+        did not confirm in time (slow, gone, or the caller was cancelled),
+        this raises and the tasks are withdrawn, so the 503 the client gets
+        is true: none of them runs. The withdrawal is retried until Redis
+        confirms it; only if Redis stays unreachable for the whole ``hold``
+        (or this process dies first) can a task whose write Redis did store
+        run after its hold ends, and then it is logged as a WARNING.
+
         Raises:
             ValueError: A task's function is not registered on this backend.
-            Exception: Redis did not confirm the transaction within
-                ``hand_off_timeout`` (``trio.TooSlowError``) or failed
-                (coredis's error); then none of the tasks is stored.
+            TimeoutError: Redis did not confirm the write within
+                ``hand_off_timeout``; the tasks are being withdrawn.
+            Exception: Redis failed the write (coredis's error); the tasks
+                are being withdrawn.
         """
         client = self._open_client()
         jobs: list[Task[Any, None]] = []
@@ -371,25 +485,124 @@ class StreaqBackend:
                     f"{task.name} is not registered on {self!r}: register it with @backend.task"
                 )
             registered = client.registry[durable.name]
-            jobs.append(registered.enqueue(*task.args, **task.kwargs))
+            hold = timedelta(seconds=self.hold)
+            jobs.append(registered.enqueue(*task.args, **task.kwargs).start(delay=hold))
         if not jobs:
             return []
+        deadline = trio.current_time() + self.hand_off_timeout
+        # Past half the hold, a withdrawal could no longer tell a task a
+        # worker took (its hold ended) from one never stored: stop trying.
+        give_up_at = trio.current_time() + self.hold / 2
+        ids = [job.id for job in jobs]
         enqueue_time = now_ms()
         # Serialize first, so an argument pickle cannot handle fails before
         # anything is sent.
         data = [await job.serialize(enqueue_time) for job in jobs]
-        with trio.fail_after(self.hand_off_timeout):
+        try:
+            with trio.fail_at(deadline):
+                try:
+                    await _publish(client, jobs, data, enqueue_time)
+                except ResponseError as exc:
+                    # A Redis restarted without persistence has lost streaQ's
+                    # functions (a worker loads them when it starts): load them
+                    # again and store the tasks; nothing was stored the first time.
+                    if "Function not found" not in str(exc):
+                        raise
+                    await _load_functions(client)
+                    await _publish(client, jobs, data, enqueue_time)
+        except BaseException as exc:
+            # The write may reach Redis after all (sent, answer late): take
+            # it back, so that what the caller says (503) stays true.
+            self._settle(_Settle("withdraw", ids, enqueue_time, give_up_at))
+            if isinstance(exc, trio.TooSlowError):
+                raise TimeoutError(
+                    f"Redis at {self.redis_url} did not confirm the hand-off of "
+                    f"{len(ids)} task(s) within hand_off_timeout ({self.hand_off_timeout:g}s); "
+                    "they are withdrawn"
+                ) from exc
+            raise
+        released = False
+        with trio.move_on_at(deadline):
             try:
-                await _publish(client, jobs, data, enqueue_time)
-            except ResponseError as exc:
-                # A Redis restarted without persistence has lost streaQ's
-                # functions (a worker loads them when it starts): load them
-                # again and store the tasks; nothing was stored the first time.
-                if "Function not found" not in str(exc):
-                    raise
-                await _load_functions(client)
-                await _publish(client, jobs, data, enqueue_time)
-        return [job.id for job in jobs]
+                await _release(client, ids, enqueue_time)
+                released = True
+            except Exception:
+                logger.debug("release of %s failed; retrying in the background", ids)
+        if not released:
+            # Stored, so the client gets 2xx; they run once released, or
+            # when the hold ends at the latest.
+            self._settle(_Settle("release", ids, enqueue_time, give_up_at))
+        return ids
+
+    def _settle(self, settle: _Settle) -> None:
+        if self._settle_send is None:  # pragma: no cover - hand_off checks it is open
+            self._unsettled_warning(settle)
+            return
+        if not self._unsettled:
+            self._all_settled = trio.Event()
+        self._unsettled.add(settle)
+        self._settle_send.send_nowait(settle)
+
+    async def _settle_all(
+        self, client: Worker[None], receive: trio.MemoryReceiveChannel[_Settle]
+    ) -> None:
+        async with receive, trio.open_nursery() as nursery:
+            async for settle in receive:
+                nursery.start_soon(self._settle_one, client, settle)
+
+    async def _settle_one(self, client: Worker[None], settle: _Settle) -> None:
+        backoff, max_backoff = _RETRY_BACKOFF
+        try:
+            while trio.current_time() < settle.give_up_at:
+                with trio.move_on_after(self.hand_off_timeout):
+                    try:
+                        if settle.kind == "release":
+                            await _release(client, settle.ids, settle.enqueue_time)
+                        else:
+                            escaped = await _withdraw(client, settle.ids)
+                            if escaped:  # pragma: no cover - only past the hold
+                                logger.warning(
+                                    "durable task(s) %s could not be withdrawn: their hold "
+                                    "had ended and a worker runs them, although the client "
+                                    "got 503",
+                                    ", ".join(escaped),
+                                )
+                        logger.debug("%s of %s confirmed", settle.kind, settle.ids)
+                        return
+                    except Exception as exc:
+                        logger.debug("%s of %s failed: %s", settle.kind, settle.ids, exc)
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, max_backoff)
+            self._unsettled_warning(settle)  # pragma: no cover - a whole hold without Redis
+        finally:
+            self._unsettled.discard(settle)
+            if not self._unsettled:
+                self._all_settled.set()
+
+    async def _settled(self, nursery: trio.Nursery) -> None:
+        """At close: wait a little for the releases and withdrawals still unconfirmed."""
+        with trio.move_on_after(min(self.hand_off_timeout, 1.0)):
+            if self._unsettled:
+                await self._all_settled.wait()
+        for settle in sorted(self._unsettled, key=lambda s: s.enqueue_time):
+            self._unsettled_warning(settle)
+        nursery.cancel_scope.cancel()
+
+    def _unsettled_warning(self, settle: _Settle) -> None:
+        if settle.kind == "release":
+            logger.warning(
+                "durable task(s) %s: Redis did not confirm their release; they run when "
+                "their hold of %gs ends",
+                ", ".join(settle.ids),
+                self.hold,
+            )
+        else:
+            logger.warning(
+                "durable task(s) %s: Redis did not confirm their withdrawal (the client "
+                "got 503); if Redis stored them they run when their hold of %gs ends",
+                ", ".join(settle.ids),
+                self.hold,
+            )
 
     # -- reading ----------------------------------------------------------
 
@@ -493,6 +706,26 @@ async def _publish(
         ]
     for reply in replies:
         await reply
+
+
+async def _release(client: Worker[None], ids: Sequence[str], enqueue_time: int) -> None:
+    priority = client.priorities[-1]
+    await client.redis.eval(
+        _RELEASE,
+        keys=[client.queue_key + priority, client.stream_key + priority],
+        args=[enqueue_time, *ids],
+    )
+
+
+async def _withdraw(client: Worker[None], ids: Sequence[str]) -> list[str]:
+    """Withdraw ``ids``; return those that escaped (stored and no longer held)."""
+    priority = client.priorities[-1]
+    escaped = await client.redis.eval(
+        _WITHDRAW,
+        keys=[client.queue_key + priority, *(client.task_key + i for i in ids)],
+        args=[_TOMBSTONE_MS, _TOMBSTONE, *ids],
+    )
+    return [str(i) for i in cast("list[Any]", escaped)]
 
 
 async def _load_functions(client: Worker[None]) -> None:

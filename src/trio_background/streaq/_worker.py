@@ -16,6 +16,7 @@ tells a task cut by the drain deadline from one that timed out.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,7 +26,7 @@ from streaq import Worker
 from .._records import FINAL_STATES, ShutdownReport, TaskRecord
 from .._supervisor import DEFAULT_DRAIN_TIMEOUT
 from .._tasks import TaskState
-from ._backend import make_streaq_worker
+from ._backend import _leaf, make_streaq_worker  # pyright: ignore[reportPrivateUsage]
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -44,6 +45,8 @@ _KEEP_RECORDS = 100
 # notes the signal: a task cut at that deadline did not overrun it.
 _SLACK = 0.01
 _MAX_NAMED_IN_LOG = 10
+# After losing Redis: the first wait before connecting again, and the longest.
+_RECONNECT_BACKOFF = (0.5, 10.0)
 
 
 class _Recorder:
@@ -72,6 +75,11 @@ class _Recorder:
 
     def shutdown_begun(self) -> None:
         self._shutdown_at = trio.current_time()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the stop signal came."""
+        return self._shutdown_at is not None
 
     def _wrap(
         self, run: Callable[..., Coroutine[Any, Any, Any]]
@@ -239,34 +247,77 @@ async def run_worker(
 
     ``task_status.started`` gets the worker's id once it reads the queue.
     On the signal the worker stops taking tasks; running ones have until
-    ``drain_timeout`` seconds later, then are cancelled (a sync task's
-    thread is abandoned) and streaQ queues them again for another worker.
-    Tasks this worker had claimed but not started go to other workers
-    after the backend's ``idle_timeout``.
+    ``drain_timeout`` seconds later (streaQ's grace period), then are
+    cancelled (a sync task's thread is abandoned) and streaQ queues them
+    again for another worker. Tasks this worker had claimed but not started
+    go to other workers after the backend's ``idle_timeout``.
+
+    Error handling:
+        If Redis goes away once the worker has started, the worker logs it
+        (WARNING), and connects again with a backoff (0.5 s doubling to 10 s)
+        until Redis answers or a signal stops it, keeping its report. Tasks
+        it was running then are cut, and run again by a worker (this one,
+        once back) after ``idle_timeout``. Redis unreachable at the very
+        start is an error (raised).
     """
     recorder = _Recorder(backend, drain_timeout)
-    worker = cast(
-        "_DrainingWorker",
-        make_streaq_worker(
-            backend,
-            concurrency=concurrency,
-            drain_timeout=drain_timeout,
-            worker_class=_DrainingWorker,
-        ),
-    )
-    worker.recorder = recorder
-    recorder.attach(worker)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run_async)
-        logger.info(
-            "streaq worker %s ready: queue %r, %d functions, concurrency %d, drain timeout %gs",
-            worker.id,
-            backend.queue_name,
-            len(backend.functions),
-            worker.concurrency,
-            drain_timeout,
+    backoff = _RECONNECT_BACKOFF[0]
+    first = True
+    while True:
+        worker = cast(
+            "_DrainingWorker",
+            make_streaq_worker(
+                backend,
+                concurrency=concurrency,
+                drain_timeout=drain_timeout,
+                worker_class=_DrainingWorker,
+            ),
         )
-        task_status.started(worker.id)
+        worker.recorder = recorder
+        recorder.attach(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run_async)
+                if first:
+                    logger.info(
+                        "streaq worker %s ready: queue %r, %d functions, concurrency %d, "
+                        "drain timeout %gs",
+                        worker.id,
+                        backend.queue_name,
+                        len(backend.functions),
+                        worker.concurrency,
+                        drain_timeout,
+                    )
+                    task_status.started(worker.id)
+                    first = False
+                else:
+                    logger.warning("streaq worker %s: Redis is back, reading the queue", worker.id)
+                backoff = _RECONNECT_BACKOFF[0]
+        except Exception as exc:
+            if first or recorder.stopping:
+                raise
+            logger.warning(
+                "streaq worker %s lost Redis at %s (%s); connecting again in %gs",
+                worker.id,
+                backend.redis_url,
+                _leaf(exc),
+                backoff,
+            )
+            if await _signalled_within(backoff):
+                recorder.shutdown_begun()
+                break
+            backoff = min(2 * backoff, _RECONNECT_BACKOFF[1])
+            continue
+        break
     report = recorder.report()
     log_report(report, worker.id)
     return report
+
+
+async def _signalled_within(seconds: float) -> bool:
+    """Wait ``seconds``; True at once if SIGINT/SIGTERM comes first."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.move_on_after(seconds):
+            async for _ in signals:
+                return True
+    return False
