@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and make):
-#   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report)
+#   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report);
+#               make demo BIND=0.0.0.0:9000 serves it elsewhere
 #   make test   lint, type-check, test (with the coverage floor), build the docs, test the
 #               lowest FastAPI/Starlette pyproject allows, build and check the sdist and wheel
 PYTHON ?= python3
@@ -9,6 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-examples
 FLOOR := .floor
 EXAMPLE ?= demo
+BIND ?= 127.0.0.1:8000
 
 .PHONY: demo test lint typecheck pytest test-floor dist docs bench bench-smoke clean
 
@@ -26,7 +28,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m trio_background examples.$(EXAMPLE):app --bind 127.0.0.1:8000 --drain-timeout 10
+	$(PY) -m trio_background examples.$(EXAMPLE):app --bind $(BIND) --drain-timeout 10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
