@@ -67,12 +67,15 @@ test-floor: $(FLOOR)/.installed
 	PYTHONPATH=$(CURDIR)/$(FLOOR) $(PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # The sdist and wheel users get: built, checked by twine, and the wheel holds
-# py.typed and no tests (scripts/check-dist).
+# py.typed and no tests (scripts/check-dist); installed with only the testing
+# extra in a fresh venv, it runs a user's pytest suite on the plugin's fixtures
+# (scripts/check-testing-extra, about 10 s with a warm pip cache).
 dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m build --outdir dist . >/dev/null
 	$(PY) -m twine check --strict dist/*
 	$(PY) scripts/check-dist dist
+	$(PY) scripts/check-testing-extra dist
 
 # Benchmarks against the anchors (about 8 minutes on 2 cores): wrk from Debian
 # when it can be installed, else bench/load.py; prints tables, writes JSON to

@@ -103,3 +103,16 @@ async def test_plain_hypercorn_shows_the_report_with_the_shipped_config(
         "0 failed, 0 cancelled, 0 skipped, 0 abandoned"
     )
     assert (line in server.output) is shipped_config, server.output
+
+
+def test_make_demo_takes_bind() -> None:
+    def demo_command(*variables: str) -> str:
+        result = subprocess.run(
+            ["make", "--dry-run", "--always-make", "demo", *variables],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return result.stdout.splitlines()[-1]
+
+    assert demo_command().endswith(" -m trio_background examples.demo:app --bind "
+        "127.0.0.1:8000 --drain-timeout 10")  # fmt: skip
+    assert " --bind 0.0.0.0:9000 " in demo_command("BIND=0.0.0.0:9000")
