@@ -404,6 +404,7 @@ async def test_metrics_page_answers_its_path_and_any_accept_header() -> None:
     release.set()
     async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as client:
         await client.post("/work")
+        await server.supervisor.wait_idle()
         plain = await client.get("/metrics")
         malformed = await client.get(
             "/metrics", headers={"accept": "application/openmetrics-text; version=1.x"}
@@ -435,6 +436,7 @@ async def test_metrics_page_wires_its_observer_and_says_what_was_missed(
         first = await client.get("/metrics")
         await client.post("/work")
         await client.post("/work")
+        await trio.testing.wait_all_tasks_blocked()  # both tasks wait for release
         second = await client.get("/metrics")
         release.set()
         await server.supervisor.wait_idle()
