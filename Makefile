@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and make):
-#   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report)
+#   make demo   serve the demo app on 127.0.0.1:8000 (Ctrl-C prints the shutdown report);
+#               make demo BIND=0.0.0.0:9000 serves it elsewhere
 #   make test   lint, type-check, test (with the coverage floor), build the docs, test the
 #               lowest FastAPI/Starlette pyproject allows, build and check the sdist and wheel
 PYTHON ?= python3
@@ -9,6 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-examples
 FLOOR := .floor
 EXAMPLE ?= demo
+BIND ?= 127.0.0.1:8000
 
 .PHONY: demo test lint typecheck pytest test-floor dist docs bench bench-smoke clean
 
@@ -26,7 +28,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
-	$(PY) -m trio_background examples.$(EXAMPLE):app --bind 127.0.0.1:8000 --drain-timeout 10
+	$(PY) -m trio_background examples.$(EXAMPLE):app --bind $(BIND) --drain-timeout 10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -65,12 +67,15 @@ test-floor: $(FLOOR)/.installed
 	PYTHONPATH=$(CURDIR)/$(FLOOR) $(PY) -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 # The sdist and wheel users get: built, checked by twine, and the wheel holds
-# py.typed and no tests (scripts/check-dist).
+# py.typed and no tests (scripts/check-dist); installed with only the testing
+# extra in a fresh venv, it runs a user's pytest suite on the plugin's fixtures
+# (scripts/check-testing-extra, about 10 s with a warm pip cache).
 dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m build --outdir dist . >/dev/null
 	$(PY) -m twine check --strict dist/*
 	$(PY) scripts/check-dist dist
+	$(PY) scripts/check-testing-extra dist
 
 # Benchmarks against the anchors (about 8 minutes on 2 cores): wrk from Debian
 # when it can be installed, else bench/load.py; prints tables, writes JSON to

@@ -436,8 +436,9 @@ async def test_monitoring_metrics_served_beside_the_app(
     async with open_client(snippet.app) as client:
         await client.post("/send-notification/ada@example.com")
         await client.wait_idle()
-        scraped = await client.get("/metrics/")
+        scraped = await client.get("/metrics")
     assert scraped.status_code == 200
+    assert not scraped.text.startswith("# trio_background:")  # nothing missing
     assert 'trio_background_tasks_total{state="completed"} 1.0' in scraped.text
     assert "trio_background_batches_running 0.0" in scraped.text
     assert (tmp_path / "log.txt").read_text() == "notification for ada@example.com\n"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,8 +30,9 @@ from trio_background import (
     Supervisor,
     from_scope,
 )
+from trio_background.fastapi import BackgroundTasks as FastAPIBackgroundTasks
 from trio_background.prometheus import MULTIPROCESS_REFRESH, TaskMetrics, metrics_app
-from trio_background.testing import open_client
+from trio_background.testing import open_client, open_live_server
 
 from .conftest import Receive, Scope, Send, send_text
 from .test_cli import Server
@@ -148,6 +150,9 @@ async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClo
         assert live[("trio_background_tasks_total", (("state", "failed"),))] == 1
         assert live[("trio_background_tasks_total", (("state", "handed_off"),))] == 1
         assert live[("trio_background_tasks_total", (("state", "completed"),))] == 2
+        # A wait is observed as its task starts: the three still running count.
+        assert live[("trio_background_task_wait_seconds_count", ())] == 6
+        assert live[("trio_background_task_wait_seconds_sum", ())] == 2
 
         client.supervisor.begin_shutdown()  # at 4.5: the deadline is 9.5
         # Virtual time stands still while a task's thread runs: move it.
@@ -366,3 +371,108 @@ async def test_the_gauges_add_up_every_supervisor_watched() -> None:
         scraped = parse(generate_latest(registry).decode())
         release.set()
     assert scraped[("trio_background_batches_running", ())] == 3
+
+
+# Issue 25: metrics in one step, served through real Hypercorn.
+
+
+def fastapi_app(
+    metrics_page: object, observers: Sequence[TaskMetrics] = ()
+) -> tuple[FastAPI, trio.Event]:
+    """An app whose /work adds a task that waits for ``release``, the page at /metrics."""
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware, observers=list(observers))
+    release = trio.Event()
+
+    @app.post("/work")
+    async def work(background_tasks: FastAPIBackgroundTasks) -> str:
+        background_tasks.add_task(release.wait)
+        return "ok"
+
+    @app.post("/quick")
+    async def quick(background_tasks: FastAPIBackgroundTasks) -> str:
+        background_tasks.add_task(trio.lowlevel.checkpoint)
+        return "ok"
+
+    app.add_route("/metrics", metrics_page, include_in_schema=False)  # type: ignore[arg-type]
+    return app, release
+
+
+async def test_metrics_page_answers_its_path_and_any_accept_header() -> None:
+    metrics = TaskMetrics(registry=CollectorRegistry())
+    app, release = fastapi_app(metrics.app(), observers=[metrics])
+    release.set()
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as client:
+        await client.post("/work")
+        await server.supervisor.wait_idle()
+        plain = await client.get("/metrics")
+        malformed = await client.get(
+            "/metrics", headers={"accept": "application/openmetrics-text; version=1.x"}
+        )
+        openmetrics = await client.get(
+            "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+        )
+    # No redirect to /metrics/: the page itself, with no note (the wiring is right).
+    assert plain.status_code == 200
+    assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert not plain.text.startswith("# trio_background:")
+    assert parse(plain.text)[("trio_background_tasks_total", (("state", "completed"),))] == 1
+    # A version prometheus_client cannot read gets the default format, not a 500.
+    assert malformed.status_code == 200
+    assert malformed.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert parse(malformed.text) == parse(plain.text)
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+
+
+async def test_metrics_page_wires_its_observer_and_says_what_was_missed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = TaskMetrics(registry=CollectorRegistry())
+    app, release = fastapi_app(metrics.app())  # the middleware was not given the metrics
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as client:
+        await client.post("/quick")
+        await server.supervisor.wait_idle()
+        await client.post("/work")  # running at the first scrape: counted when it ends
+        first = await client.get("/metrics")
+        await client.post("/work")
+        await client.post("/work")
+        await trio.testing.wait_all_tasks_blocked()  # both tasks wait for release
+        second = await client.get("/metrics")
+        release.set()
+        await server.supervisor.wait_idle()
+        third = await client.get("/metrics")
+    note = (
+        "# trio_background: TaskMetrics was not an observer of this app until this scrape: "
+        "the 1 tasks that ended before it are not counted. Pass it to the middleware to "
+        "count from the start: BackgroundTasksMiddleware(app, observers=[metrics])\n"
+    )
+    assert first.text.startswith(note)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "metrics page: " + note[len("# trio_background: ") : -1]
+    ]
+    # From the first scrape on, tasks are counted: waits as they start, gauges.
+    live = parse(second.text)
+    assert not second.text.startswith("# trio_background")
+    assert live[("trio_background_task_wait_seconds_count", ())] == 2
+    assert live[("trio_background_batches_running", ())] == 3
+    done = parse(third.text)
+    assert done[("trio_background_tasks_total", (("state", "completed"),))] == 3
+
+
+async def test_metrics_page_without_task_metrics_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, release = fastapi_app(metrics_app(CollectorRegistry()))
+    release.set()
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as client:
+        scraped = await client.get("/metrics")
+    note = (
+        "no TaskMetrics on this registry, so this page has no task metrics: make one and "
+        "serve its page: metrics = TaskMetrics(); BackgroundTasksMiddleware(app, "
+        'observers=[metrics]); app.add_route("/metrics", metrics.app())'
+    )
+    assert scraped.status_code == 200
+    assert scraped.text == f"# trio_background: {note}\n"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"metrics page: {note}"
+    ]

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from fastapi import FastAPI
+from hypercorn.config import Config
 
 from trio_background import BackgroundTasksMiddleware, TaskState
 from trio_background.fastapi import BackgroundTasks
@@ -159,6 +160,26 @@ async def test_live_server_shutdown_mid_task(mode: str) -> None:
     assert report.count("cancelled") == 1
     assert report.mode == mode
     assert getattr(tasks[0], "state") is TaskState.CANCELLED  # noqa: B009
+
+
+async def test_live_server_leaves_the_callers_config_alone() -> None:
+    app = FastAPI()
+
+    @app.get("/")
+    async def index() -> str:
+        return "hi"
+
+    config = Config()
+    config.bind = ["0.0.0.0:8000"]
+    config.include_server_header = False
+    async with open_live_server(app, config=config) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            response = await client.get("/")
+    # The config's other options are served; its bind stays the caller's.
+    assert response.json() == "hi"
+    assert "server" not in response.headers
+    assert config.bind == ["0.0.0.0:8000"]
 
 
 PLUGIN_USER_TESTS = """

@@ -2,13 +2,15 @@ from fastapi import FastAPI
 
 from trio_background import BackgroundTasksMiddleware
 from trio_background.fastapi import BackgroundTasks
-from trio_background.prometheus import TaskMetrics, metrics_app
+from trio_background.prometheus import TaskMetrics
 
 metrics = TaskMetrics()  # on prometheus_client.REGISTRY
 
 app = FastAPI()
 app.add_middleware(BackgroundTasksMiddleware, observers=[metrics])
-app.mount("/metrics", metrics_app())  # internal: protect it as the monitor
+# The page at /metrics itself (a mount would redirect /metrics to /metrics/).
+# Internal: protect it as the monitor.
+app.add_route("/metrics", metrics.app(), include_in_schema=False)
 
 
 def write_log(message: str) -> None:

@@ -6,6 +6,11 @@ with ``--config`` read by Hypercorn's loader: TOML, ``file:`` Python file or
 shutdown policy, the report file, the readiness delay, ``--factory`` and
 ``--backend``. Everything that can be wrong is checked before serving.
 
+Habits from other servers get a hint rather than a bare "unrecognized
+arguments": ``--port``/``--host`` (uvicorn's) name the ``--bind`` to write,
+and ``--reload`` names the development command that reloads (Hypercorn's own
+reloader, with this package's Hypercorn config).
+
 Exit status: 0 after an orderly shutdown (whatever the report says: the
 report is the place for that), 2 for bad arguments, an app that cannot be
 loaded, a report path that cannot be written or an address that cannot be
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import errno
+import importlib.metadata
 import logging
 import os
 import signal
@@ -46,7 +52,7 @@ from ._serve import ShutdownControl, serve_middleware, watch_signals, wrap
 from ._supervisor import check_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import FrameType
 
     from hypercorn.config import Config
@@ -118,6 +124,75 @@ def _verify_mode(value: str) -> ssl.VerifyMode:
         raise argparse.ArgumentTypeError(
             f"expected one of {', '.join(m.name for m in ssl.VerifyMode)}, got {value!r}"
         ) from None
+
+
+def _access_target(value: str) -> str:
+    if value != "-" and ":" in value and not value.startswith(("/", ".")):
+        # nargs="?" would otherwise take MODULE:APP given after the flag.
+        raise argparse.ArgumentTypeError(
+            f"expected - (stdout) or a file PATH, got {value!r}, which looks like the app: "
+            "give MODULE:APP first, or write --access-log - before it"
+        )
+    return value
+
+
+def _version() -> str:
+    def of(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a tree
+            return "unknown"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return (
+        f"trio-background {of('trio-background')} (Hypercorn {of('hypercorn')}, "
+        f"trio {of('trio')}, Python {python})"
+    )
+
+
+# Other servers' options that this one spells differently: each fails with
+# the command line to write instead.
+def _port_hint(value: str) -> str:
+    return (
+        f"there is no --port: give host and port together, as Hypercorn does: "
+        f"--bind 127.0.0.1:{value} (or --bind 0.0.0.0:{value} to listen on every interface)"
+    )
+
+
+def _host_hint(value: str) -> str:
+    host = f"[{value}]" if ":" in value else value
+    return f"there is no --host: give host and port together, as Hypercorn does: --bind {host}:8000"
+
+
+def _reload_hint(_: str) -> str:
+    return _RELOAD_HINT
+
+
+_RELOAD_HINT = (
+    "--reload is not supported: this server's job is a shutdown that waits for background "
+    "tasks, and a reloader restarts it behind your back. For development, use Hypercorn's "
+    "reloader with this package's config: hypercorn --reload --config "
+    "python:trio_background.hypercorn_config MODULE:APP (on each change it shuts the worker "
+    "down as SIGTERM does: running tasks get --graceful-timeout, 3 s by default, to finish, "
+    "then are cancelled, and the report is logged before the new worker starts)"
+)
+
+
+class _Hint(argparse.Action):
+    """An option another server has: fail with the command line to write instead."""
+
+    def __init__(self, *args: Any, hint: Callable[[str], str], **kwargs: Any) -> None:
+        self._hint = hint
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(self._hint(values if isinstance(values, str) else ""))
 
 
 def _trio_only(value: str) -> str:
@@ -232,10 +307,17 @@ def _parser() -> argparse.ArgumentParser:
         "keeps its level (loglevel in --config), so its 'Running on' line always shows",
     )  # fmt: skip
     ours.add_argument(
-        "--access-log", action="store_true",
-        help="log each request to stderr, same as --access-logfile - (off by default, as in "
-        "Hypercorn: it costs about as much per request as a trivial endpoint)",
+        "--access-log", nargs="?", const="-", default=None, type=_access_target,
+        metavar="TARGET",
+        help="log each request to TARGET: - (or nothing) for stdout, as Hypercorn's "
+        "--access-logfile -, or a file PATH (off by default, as in Hypercorn: it costs about "
+        "as much per request as a trivial endpoint)",
     )  # fmt: skip
+    ours.add_argument("--version", action="version", version=_version())
+    # Other servers' habits, hidden from --help: each fails with a hint.
+    ours.add_argument("--port", action=_Hint, hint=_port_hint, help=argparse.SUPPRESS)
+    ours.add_argument("--host", action=_Hint, hint=_host_hint, help=argparse.SUPPRESS)
+    ours.add_argument("--reload", action=_Hint, nargs=0, hint=_reload_hint, help=argparse.SUPPRESS)
     theirs = parser.add_argument_group(
         "Hypercorn options", "the same as Hypercorn's own; see its documentation"
     )
@@ -264,8 +346,8 @@ def _config(args: argparse.Namespace) -> Config:
     for _, attribute, _ in _HYPERCORN:
         if attribute in given:
             setattr(config, attribute, given[attribute])
-    if args.access_log:
-        config.accesslog = "-"
+    if args.access_log is not None:
+        config.accesslog = args.access_log
     config.worker_class = "trio"
     workers = cast("object", config.workers)  # a config file may hold anything
     if not isinstance(workers, int) or workers < 1:

@@ -9,15 +9,22 @@ Two halves, registered together on one registry:
 - A collector reads :meth:`Supervisor.statistics` when the registry is
   scraped, for the gauges: batches running, threads busy.
 
-:func:`metrics_app` is a mountable ASGI app that serves a registry (by
-default prometheus_client's global one). Example::
+:meth:`TaskMetrics.app` (or :func:`metrics_app`, for a registry) is an ASGI
+app that serves the metrics. Example::
 
-    from trio_background.prometheus import TaskMetrics, metrics_app
+    from trio_background.prometheus import TaskMetrics
 
     metrics = TaskMetrics()
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware, observers=[metrics])
-    app.mount("/metrics", metrics_app())
+    app.add_route("/metrics", metrics.app(), include_in_schema=False)
+
+The page answers ``/metrics`` itself (``app.mount`` would answer it with a
+redirect to ``/metrics/``). Served behind the middleware, it also wires
+what was left out: a page whose metrics are not an observer of the app's
+supervisor registers them there at its first scrape (and logs, and says in
+the page, that the tasks before it were not counted); a page with no
+:class:`TaskMetrics` on its registry says so.
 
 With several worker processes (``--workers``), prometheus_client's
 multiprocess mode applies: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
@@ -28,6 +35,7 @@ and :func:`metrics_app` serves the sum over the workers from any of them.
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import TYPE_CHECKING
@@ -46,12 +54,13 @@ except ImportError as exc:
 import trio
 
 from ._asgi import EXCHANGE_KEY
-from ._middleware import supervisor_from_scope
+from ._middleware import from_scope, supervisor_from_scope
 from ._observe import TaskObserver
 from ._tasks import TaskState
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
+    from contextlib import AbstractContextManager
 
     from prometheus_client.metrics_core import Metric
 
@@ -61,6 +70,8 @@ if TYPE_CHECKING:
     from ._tasks import BackgroundTask
 
 __all__ = ["MetricsApp", "TaskMetrics", "metrics_app"]
+
+logger = logging.getLogger("trio_background")
 
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
@@ -92,6 +103,9 @@ class _Supervisors:
 
     def add(self, supervisor: Supervisor) -> None:
         self._known.add(supervisor)
+
+    def __contains__(self, supervisor: Supervisor) -> bool:
+        return supervisor in self._known
 
     def totals(self) -> tuple[int, int] | None:
         """``(batches_running, threads_busy)`` summed, or None outside a trio run."""
@@ -143,8 +157,12 @@ class TaskMetrics(TaskObserver):
         ``trio_background_task_duration_seconds{state}``: how long each task
         that started ran, by final state.
         ``trio_background_task_wait_seconds``: from the response being
-        complete to the task starting (waiting for the tasks before it and
-        for a worker thread included).
+        complete to the task's turn to run (the tasks before it included),
+        observed as the task starts. A sync task may then wait for a worker
+        thread: ``trio_background_threads_busy`` shows when they are all
+        busy. A task with no response to wait for (an app-level task, one
+        of a websocket, one added after its response was complete) is
+        observed when it ends, with the wait its record states.
         ``trio_background_shutdown_overrun_seconds``: how far past the
         shutdown deadline a task ended, for each task that overran it.
         ``trio_background_batches_running`` and
@@ -183,6 +201,10 @@ class TaskMetrics(TaskObserver):
             self._supervisors.add(supervisor)
         self._multiprocess = multiprocess_mode()
         self._refreshing: set[object] = set()
+        # When each task's response was complete, until the task starts (or
+        # ends without starting): tasks are hashed by identity.
+        self._ready: dict[BackgroundTask, float] = {}
+        self._waited: set[BackgroundTask] = set()
         try:
             self._build(registry)
         except ValueError as exc:
@@ -191,6 +213,15 @@ class TaskMetrics(TaskObserver):
                 "one TaskMetrics per registry and pass the same one to every middleware, "
                 "or give this one its own: TaskMetrics(registry=CollectorRegistry())"
             ) from exc
+        _ON_REGISTRY[registry] = weakref.ref(self)
+
+    def app(self) -> MetricsApp:
+        """The page that serves these metrics (see :func:`metrics_app`).
+
+        Served behind the middleware, the page also registers these metrics
+        as an observer of the app's supervisor if they are not one yet.
+        """
+        return MetricsApp(self.registry, metrics=self)
 
     def _build(self, registry: CollectorRegistry) -> None:
         self.tasks = Counter(
@@ -208,7 +239,7 @@ class TaskMetrics(TaskObserver):
         )
         self.wait = Histogram(
             "trio_background_task_wait_seconds",
-            "From the response being complete to the task starting, thread wait included.",
+            "From the response being complete to the task's turn to run, observed as it starts.",
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
@@ -237,14 +268,28 @@ class TaskMetrics(TaskObserver):
     def response_complete(self, scope: Scope) -> None:
         if EXCHANGE_KEY in scope:
             self._supervisors.add(supervisor_from_scope(scope))
+            now = trio.current_time()
+            for task in from_scope(scope).tasks:
+                if task.state is TaskState.PENDING:
+                    self._ready[task] = now
         self._start_refresh()
+
+    def task_running(self, task: BackgroundTask) -> AbstractContextManager[None] | None:
+        ready = self._ready.pop(task, None)
+        if ready is not None:
+            self.wait.observe(max(0.0, trio.current_time() - ready))
+            self._waited.add(task)
+        return None
 
     def task_ended(self, task: BackgroundTask, record: TaskRecord) -> None:
         state = record.state.value
         self.tasks.labels(state).inc()
         if record.started_at is not None and record.ended_at is not None:
             self.duration.labels(state).observe(max(0.0, record.ended_at - record.started_at))
-        if record.waited is not None:
+        self._ready.pop(task, None)
+        if task in self._waited:
+            self._waited.discard(task)
+        elif record.waited is not None:
             self.wait.observe(max(0.0, record.waited))
         if record.overrun is not None:
             self.overrun.observe(max(0.0, record.overrun))
@@ -287,15 +332,31 @@ class TaskMetrics(TaskObserver):
             self._refreshing.discard(token)
 
 
+# The TaskMetrics of each registry (one at most), for the pages that serve it.
+_ON_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, weakref.ref[TaskMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def metrics_app(registry: CollectorRegistry | None = None) -> MetricsApp:
-    """A mountable ASGI app serving ``registry`` in Prometheus' text format.
+    """An ASGI app serving ``registry`` in Prometheus' text format.
 
     Example::
 
-        app.mount("/metrics", trio_background.prometheus.metrics_app())
+        app.add_route("/metrics", metrics_app(), include_in_schema=False)
 
-    In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) it serves what
-    every worker wrote to that directory, read in a worker thread, instead.
+    (``app.mount("/metrics", ...)`` serves it too, at ``/metrics/``: a
+    mount answers ``/metrics`` with a redirect.) It answers OpenMetrics when
+    the scraper asks for it, and the text format when its ``Accept`` header
+    is one prometheus_client cannot read. In multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set) it serves what every worker wrote to
+    that directory, read in a worker thread, instead.
+
+    Served behind the middleware, the page checks the wiring: the
+    :class:`TaskMetrics` of ``registry`` is registered as an observer of the
+    app's supervisor if it was not (and the page and a WARNING say how many
+    tasks ended before, uncounted); with no :class:`TaskMetrics` on
+    ``registry``, the page and a WARNING say to make one.
 
     Args:
         registry: What to serve; prometheus_client's ``REGISTRY`` if None.
@@ -304,10 +365,57 @@ def metrics_app(registry: CollectorRegistry | None = None) -> MetricsApp:
 
 
 class MetricsApp:
-    """The metrics app; make one with :func:`metrics_app`."""
+    """The metrics page; make one with :meth:`TaskMetrics.app` or :func:`metrics_app`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, metrics: TaskMetrics | None = None
+    ) -> None:
         self.registry = REGISTRY if registry is None else registry
+        self._metrics = metrics
+        self._warned: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+        self._warned_unwired = False
+
+    def _task_metrics(self) -> TaskMetrics | None:
+        if self._metrics is not None:
+            return self._metrics
+        found = _ON_REGISTRY.get(self.registry)
+        return None if found is None else found()
+
+    def _check_wiring(self, scope: Scope) -> str | None:
+        """Wire the metrics to the request's supervisor; what the page should say, or None."""
+        metrics = self._task_metrics()
+        if metrics is None:
+            if self._warned_unwired:
+                return None
+            self._warned_unwired = True
+            note = (
+                "no TaskMetrics on this registry, so this page has no task metrics: make one "
+                "and serve its page: metrics = TaskMetrics(); "
+                "BackgroundTasksMiddleware(app, observers=[metrics]); "
+                'app.add_route("/metrics", metrics.app())'
+            )
+            logger.warning("metrics page: %s", note)
+            return note
+        if EXCHANGE_KEY not in scope:
+            return None  # served outside the middleware: no supervisor to check
+        supervisor = supervisor_from_scope(scope)
+        if supervisor in metrics._supervisors:  # pyright: ignore[reportPrivateUsage]
+            return None
+        statistics = supervisor.statistics()
+        # Tasks still running are counted when they end; those already ended are lost.
+        before = sum(statistics.counts.values())
+        supervisor.add_observer(metrics)  # does nothing if it was one already
+        metrics.watch(supervisor)
+        if before == 0 or supervisor in self._warned:
+            return None
+        self._warned.add(supervisor)
+        note = (
+            "TaskMetrics was not an observer of this app until this scrape: the "
+            f"{before} tasks that ended before it are not counted. Pass it to the middleware "
+            "to count from the start: BackgroundTasksMiddleware(app, observers=[metrics])"
+        )
+        logger.warning("metrics page: %s", note)
+        return note
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -320,15 +428,28 @@ class MetricsApp:
                 send, 405, b"text/plain; charset=utf-8", b"metrics are read-only: use GET"
             )
             return
+        note = self._check_wiring(scope)
         accept = b",".join(value for name, value in _headers(scope) if name.lower() == b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1"))
+        encoder, content_type = _choose_encoder(accept.decode("latin-1"))
         if multiprocess_mode():
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             body = await trio.to_thread.run_sync(encoder, merged)
         else:
             body = encoder(self.registry)
+        if note is not None and content_type.startswith("text/plain"):
+            # A comment line, which Prometheus ignores (OpenMetrics has none).
+            body = f"# trio_background: {note}\n".encode() + body
         await _respond(send, 200, content_type.encode(), body)
+
+
+def _choose_encoder(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's choice for ``accept``, or its default for one it cannot read."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError):
+        # e.g. "version=1.x": prometheus_client compares the parts as numbers.
+        return choose_encoder("")
 
 
 def _headers(scope: Scope) -> Sequence[tuple[bytes, bytes]]:

@@ -11,8 +11,9 @@ Under ``trio.testing.MockClock`` (pytest-trio's ``autojump_clock``), virtual
 time runs at real speed while a sync task's thread works, so a test's outcome
 equals production's (see ``_clock.py``).
 
-The client is an ``httpx.AsyncClient``, so it needs the ``testing`` extra
-(``pip install 'trio-background[testing]'``). Without it this package still
+The client is an ``httpx.AsyncClient``, so it needs the ``testing`` extra,
+which also brings pytest, pytest-trio and httpx2 (Starlette's ``TestClient``
+prefers it; the live server works with either client). Without it this package still
 imports (so does the pytest plugin, the clock hook is installed, and the live
 server works, with any HTTP client), and ``from trio_background.testing
 import open_client`` raises an ``ImportError`` that names the extra.

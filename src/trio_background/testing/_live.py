@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -76,11 +77,12 @@ async def open_live_server(
         app: Any ASGI app (wrapped in the middleware unless it is one).
         mode: The shutdown mode (None: the middleware's).
         drain_timeout: The drain timeout (None: the middleware's).
-        config: Hypercorn's config; its bind is replaced by ``127.0.0.1:0``.
+        config: Hypercorn's config. It is copied, not changed: the server
+            binds ``127.0.0.1:0`` whatever its ``bind`` says, and the
+            caller's object keeps its own.
     """
     middleware = BackgroundTasksMiddleware.around(app)
-    if config is None:
-        config = Config()
+    config = Config() if config is None else copy.copy(config)
     config.bind = ["127.0.0.1:0"]
     trigger = trio.Event()
     stopped = trio.Event()
