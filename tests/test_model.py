@@ -38,7 +38,6 @@ import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
@@ -155,7 +154,7 @@ class World:
         except AppError:
             if not request.expect_raise:
                 self.violations.append(f"request {request.number}: AppError it did not raise")
-        except BaseException as exc:  # noqa: BLE001 - the model records what escaped
+        except BaseException as exc:
             self.violations.append(f"request {request.number}: {type(exc).__name__} escaped")
         finally:
             request.done = True
@@ -293,7 +292,7 @@ class ModelMachine(RuleBasedStateMachine):
         def run() -> None:
             try:
                 trio.run(main, clock=self.clock)
-            except BaseException as exc:  # noqa: BLE001 - reported by teardown
+            except BaseException as exc:
                 self.run_error = exc
             ready.set()
 
@@ -374,7 +373,9 @@ class ModelMachine(RuleBasedStateMachine):
                 if ending == "respond":
                     await send({"type": "http.response.body", "body": b"ok"})
                     return True
-                await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}
+                )
                 request.client_left.set()
                 while (await receive())["type"] != "http.disconnect":
                     pass
@@ -405,7 +406,7 @@ class ModelMachine(RuleBasedStateMachine):
                     await batch()
                 except (ValueError, trio.Cancelled):
                     raise
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     world.violations.append(f"await tasks() raised {type(exc).__name__}")
 
             assert world.nursery is not None
@@ -502,9 +503,14 @@ class ModelMachine(RuleBasedStateMachine):
             if not world.closed:
                 assert report.total == len(world.tasks)
                 assert all(r.started_at is None for r in report.skipped)
-                assert report.count(TaskState.SKIPPED) + report.count("completed") + report.count(
-                    "failed"
-                ) + report.count("cancelled") + report.count("abandoned") == report.total
+                assert (
+                    report.count(TaskState.SKIPPED)
+                    + report.count("completed")
+                    + report.count("failed")
+                    + report.count("cancelled")
+                    + report.count("abandoned")
+                    == report.total
+                )
         finally:
             if self.token is not None:
                 trio.from_thread.run_sync(self.supervisor_stop.set, trio_token=self.token)
@@ -532,4 +538,3 @@ ModelMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestModel = ModelMachine.TestCase
-

@@ -34,7 +34,7 @@ import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import Runner
+from ._runner import CUT_MARGIN, Runner
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -233,11 +233,12 @@ class Exchange:
         # The final send is shielded: if the app cancels it halfway, as
         # Starlette's streaming responses do when Hypercorn delivers
         # http.disconnect from inside it, Hypercorn leaves the connection
-        # unrecycled. The shield lasts until the shutdown deadline (the board
-        # moves it there), never a fixed time: a loop paused for seconds must
-        # not cut a send halfway. Handed over once the server's send returned
+        # unrecycled. The shield lasts until the server cuts the requests in
+        # flight, a moment after the shutdown deadline (the board moves it
+        # there), never a fixed time: a loop paused for seconds must not cut
+        # a send halfway. Handed over once the server's send returned
         # or the deadline cut it; an error raised by the send means it was not.
-        shield = trio.CancelScope(shield=True, deadline=self.board.deadline)
+        shield = trio.CancelScope(shield=True, deadline=self.board.deadline + CUT_MARGIN)
         shields = self.board.shields
         shields.add(shield)
         try:
@@ -582,9 +583,9 @@ class BackgroundTasksMiddleware:
                 return
             else:
                 message = (
-                    f"two BackgroundTasksMiddleware around the same app: {outer!r} and "
-                    f"{self!r}; middlewares never merge: keep one (app.add_middleware(...) "
-                    "or the wrapper), with the options of both"
+                    f"two BackgroundTasksMiddleware around the same app: {outer!r}, and "
+                    f"inside it {self!r}; middlewares never merge: keep one (the app's "
+                    "app.add_middleware(...) or the wrapper), with the options you want"
                 )
                 await receive()
                 await send({"type": "lifespan.startup.failed", "message": message})
@@ -599,7 +600,15 @@ class BackgroundTasksMiddleware:
         self._trio_checked = True
 
     def __repr__(self) -> str:
-        return f"<BackgroundTasksMiddleware around {_name_of(self.app)}>"
+        supervisor = self.supervisor
+        options = [
+            f"mode={supervisor.mode!r}",
+            f"drain_timeout={supervisor.drain_timeout:g}",
+            f"on_error={supervisor.on_error!r}",
+        ]
+        if supervisor.backend is not None:
+            options.append(f"backend={supervisor.backend!r}")
+        return f"BackgroundTasksMiddleware({', '.join(options)}) around {_name_of(self.app)}"
 
     @classmethod
     def around(cls, app: ASGIApp) -> BackgroundTasksMiddleware:

@@ -66,6 +66,11 @@ ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
 # inside the one second that serve() leaves between the deadline and the cut.
 SPILL_TIMEOUT = 0.5
 
+# After the batch deadline the server cuts the requests still in flight this
+# much later (serve() sets Hypercorn's graceful timeout so): a request's final
+# send, shielded from the app's own cancellation, may go on until then.
+CUT_MARGIN = 1.0
+
 # The states of a task that ran: only those can overrun the deadline.
 _RAN = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.ABANDONED})
 
@@ -204,7 +209,7 @@ class Board:
         for runner in self.runners.values():
             runner.cut(deadline, due)
         for shield in self.shields:
-            shield.deadline = deadline
+            shield.deadline = deadline + CUT_MARGIN
 
     def unwatch(self) -> None:
         if self.watch is not None:
