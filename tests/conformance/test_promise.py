@@ -80,7 +80,8 @@ async def test_a_start_soon_task_of_a_request_in_flight_at_the_deadline_is_skipp
     assert effects == []
     [skipped] = report.skipped
     assert skipped.reason == "the shutdown deadline passed before it started"
-    assert skipped.started_at is None and skipped.overrun is None
+    assert skipped.started_at is None
+    assert skipped.overrun is None
     assert report.total == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "overrun" in r.msg]
     assert not [r for r in caplog.records if "after the shutdown deadline" in r.getMessage()]

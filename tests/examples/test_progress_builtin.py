@@ -114,9 +114,7 @@ def with_options(monkeypatch: pytest.MonkeyPatch, **options: Any) -> FastAPI:
     never merge.
     """
     app = progress_builtin.app
-    monkeypatch.setattr(
-        app, "user_middleware", [Middleware(BackgroundTasksMiddleware, **options)]
-    )
+    monkeypatch.setattr(app, "user_middleware", [Middleware(BackgroundTasksMiddleware, **options)])
     monkeypatch.setattr(app, "middleware_stack", None)
     return app
 
