@@ -331,19 +331,19 @@ async def test_a_response_sent_from_an_except_block_is_a_normal_response(via: st
 
 
 async def test_await_tasks_runs_a_task_that_an_earlier_task_added() -> None:
-    """Item 10. Before: the added task was dropped with the false reason "an
-    earlier task of the batch raised"."""
+    """Item 10. Before: a task added by a ``start_soon`` task was dropped with
+    the false reason "an earlier task of the batch raised"."""
     ran: list[str] = []
     batch = BackgroundTasks()
 
-    def first() -> None:
+    async def first() -> None:
         ran.append("first")
         batch.add_task(ran.append, "added")
 
-    batch.add_task(first)
+    batch.start_soon(first)
     await batch()
     assert ran == ["first", "added"]
-    assert [t.state.value for t in batch.tasks] == ["completed", "completed"]
+    assert [(t.state.value, t.reason) for t in batch.tasks] == [("completed", None)] * 2
 
 
 async def test_a_task_a_handler_starts_elsewhere_keeps_no_request_alive(via: str) -> None:
