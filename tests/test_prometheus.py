@@ -174,6 +174,10 @@ async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClo
 
     # The abandoned thread holds its limiter token until it really ends.
     await trio.to_thread.run_sync(mix.thread_exited.wait)
+    # trio hears of the thread's end through a callback of its own, which may
+    # come after ours: let the loop run until it has (a condition, not a time).
+    while client.supervisor.limiter.borrowed_tokens:
+        await trio.lowlevel.checkpoint()
     await trio.testing.wait_all_tasks_blocked()
     after = parse(generate_latest(registry).decode())
     for state, count in report.counts.items():
