@@ -274,11 +274,6 @@ class Runner:
         policy: Policy,
         request: str,
     ) -> None:
-        if batch._runner is not None:  # pyright: ignore[reportPrivateUsage]
-            raise RuntimeError(
-                "this batch already belongs to a runner (a request's batch is run by the "
-                "middleware, and a batch runs once): use a new BackgroundTasks()"
-            )
         self.batch = batch
         self.board = board
         self.policy = policy
@@ -326,16 +321,11 @@ class Runner:
                 "add tasks while the request is being handled, or from a task of the batch "
                 "while it runs"
             )
-        if task.state is not TaskState.PENDING or task._runner is not None:  # pyright: ignore[reportPrivateUsage]
-            raise RuntimeError(
-                f"background task {task.name} already belongs to a batch or ran "
-                f"(state: {task.state.value}); a task runs once: add it again to run it again"
-            )
+        task.bind(self)  # raises if it ran or belongs to a batch already
         board = self.board
         tasks = self.batch.tasks
         if board is not None and self.number == 0:
             self.number = board.register(self)
-        task.bind(self)
         if board is not None:
             task.id = f"{self.number}.{len(tasks)}"
         task.index = len(tasks)

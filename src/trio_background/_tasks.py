@@ -297,7 +297,16 @@ class BackgroundTask:
         self._result = value
 
     def bind(self, runner: Runs) -> None:
-        """For the runner: it owns this task from now on."""
+        """For the runner: it owns this task from now on.
+
+        Raises:
+            RuntimeError: The task ran already, or belongs to a batch.
+        """
+        if self.state is not TaskState.PENDING or self._runner is not None:
+            raise RuntimeError(
+                f"background task {self.name} already belongs to a batch or ran "
+                f"(state: {self.state.value}); a task runs once: add it again to run it again"
+            )
         self._runner = runner
 
     def cancel(self) -> bool:
@@ -409,7 +418,16 @@ class BackgroundTasks:
         return True
 
     def bind(self, runner: Runs) -> None:
-        """For the runner: it owns this batch (and every task added later)."""
+        """For the runner: it owns this batch (and every task added later).
+
+        Raises:
+            RuntimeError: The batch belongs to a runner already.
+        """
+        if self._runner is not None:
+            raise RuntimeError(
+                "this batch already belongs to a runner (a request's batch is run by the "
+                "middleware, and a batch runs once): use a new BackgroundTasks()"
+            )
         self._runner = runner
 
     def add_task(

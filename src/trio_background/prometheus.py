@@ -399,7 +399,7 @@ class MetricsApp:
         if EXCHANGE_KEY not in scope:
             return None  # served outside the middleware: no supervisor to check
         supervisor = supervisor_from_scope(scope)
-        if supervisor in metrics._supervisors:  # pyright: ignore[reportPrivateUsage]
+        if supervisor in metrics._supervisors:  # pyright: ignore[reportPrivateUsage]  # same module
             return None
         statistics = supervisor.statistics()
         # Tasks still running are counted when they end; those already ended are lost.

@@ -417,7 +417,7 @@ class StreaqBackend:
         if failure:
             self._closed = self._closing = self._settle_send = None
             raise ConnectionError(
-                f"cannot connect to Redis at {self.redis_url} for {self!r}: {_leaf(failure[0])}"
+                f"cannot connect to Redis at {self.redis_url} for {self!r}: {leaf_error(failure[0])}"
             ) from failure[0]
         self._client = client
 
@@ -620,7 +620,7 @@ class StreaqBackend:
         return await self._open_client().result_by_id(task_id)
 
 
-def _leaf(exc: BaseException) -> BaseException:
+def leaf_error(exc: BaseException) -> BaseException:
     """The error inside the AnyIO task groups' single-exception groups."""
     leaf: BaseException = exc
     while isinstance(leaf, BaseExceptionGroup):
@@ -687,7 +687,7 @@ def make_streaq_worker(
         idle_timeout=backend.idle_timeout,
         # streaQ only adds this to the clock: fractions of a second work.
         grace_period=drain_timeout,  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-        signing_secret=backend._signing_secret,  # pyright: ignore[reportPrivateUsage]
+        signing_secret=backend._signing_secret,  # pyright: ignore[reportPrivateUsage]  # same module
         anyio_backend="trio",
     )
     for durable in backend.functions:

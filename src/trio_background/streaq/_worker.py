@@ -26,7 +26,7 @@ from streaq import Worker
 from .._records import FINAL_STATES, ShutdownReport, TaskRecord
 from .._supervisor import DEFAULT_DRAIN_TIMEOUT
 from .._tasks import TaskState
-from ._backend import _leaf, make_streaq_worker  # pyright: ignore[reportPrivateUsage]
+from ._backend import leaf_error, make_streaq_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -300,7 +300,7 @@ async def run_worker(
                 "streaq worker %s lost Redis at %s (%s); connecting again in %gs",
                 worker.id,
                 backend.redis_url,
-                _leaf(exc),
+                leaf_error(exc),
                 backoff,
             )
             if await _signalled_within(backoff):
