@@ -34,7 +34,8 @@ import sniffio
 import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
-from ._runner import CUT_MARGIN, Runner
+from ._board import CUT_MARGIN
+from ._runner import Runner
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEP_RECORDS,
@@ -160,9 +161,7 @@ class Exchange:
         runner = self.runner
         if runner is not None and not runner.is_open:
             return False
-        self.batch.add_task  # noqa: B018 - makes the runner
-        assert self.runner is not None
-        self.runner.admit(task)
+        self.batch.append(task)
         return True
 
     def owns(self, batch: BackgroundTasks) -> bool:
@@ -314,7 +313,7 @@ class Exchange:
         Not a coroutine itself, so that a pending batch keeps no frame of it.
         """
         runner = self.runner
-        if runner is None or not runner.is_open:
+        if runner is None:
             return None
         if not self.over and self.refused is None:
             runner.app_failed("the app returned without completing its response")
@@ -523,7 +522,7 @@ class BackgroundTasksMiddleware:
             exchange.close()
             board.request_ended()
             runner = exchange.runner
-            if runner is not None and runner.is_open:
+            if runner is not None:
                 if not exchange.over and exchange.refused is None:
                     runner.app_failed(
                         f"the app raised {type(exc).__qualname__} while handling the request"

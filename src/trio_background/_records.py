@@ -10,6 +10,7 @@ the same numbers, and the same JSON, every time.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -283,6 +284,20 @@ class ShutdownReport:
         if self.mode is not None and self.cause is not None:
             how += f", on {self.cause}"
         return f"background tasks ({how}): {self.total} total: {counts}"
+
+    def log_line(self, most: int = 20) -> tuple[int, str]:
+        """The level and text of the report's log line.
+
+        The summary at INFO when every task completed (or was handed off),
+        else at WARNING, naming (up to ``most`` of) those that did not.
+        """
+        if self.all_completed:
+            return logging.INFO, self.summary()
+        missed = self.not_completed
+        named = ", ".join(f"{r.id} {r.name} ({r.state.value})" for r in missed[:most])
+        if len(missed) > most:
+            named += f", and {len(missed) - most} more"
+        return logging.WARNING, f"{self.summary()}; not completed: {named or '(records not kept)'}"
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from ._ledger import Ledger
 from ._observe import Observers
 from ._progress import current_task
 from ._records import RawRecord, TaskRecord, build_record, format_error
@@ -46,10 +45,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 if TYPE_CHECKING:
     from ._backend import DurableBackend
+    from ._board import Board
 
 __all__ = [
-    "Board",
-    "CutWatch",
     "ErrorHook",
     "OnError",
     "Policy",
@@ -66,52 +64,12 @@ ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
 # inside the one second that serve() leaves between the deadline and the cut.
 SPILL_TIMEOUT = 0.5
 
-# After the batch deadline the server cuts the requests still in flight this
-# much later (serve() sets Hypercorn's graceful timeout so): a request's final
-# send, shielded from the app's own cancellation, may go on until then.
-CUT_MARGIN = 1.0
-
 # The states of a task that ran: only those can overrun the deadline.
 _RAN = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.ABANDONED})
 
 _ABANDONED = "cancelled while its thread was running; the thread was left to finish on its own"
 _BY_APP = "cancelled by the app"
 _SERVER_STOPPED = "the server had stopped before the task was added"
-
-
-class CutWatch(trio.abc.Instrument):
-    """Tells a task the deadline cut as soon as the loop reached it from one that held it off.
-
-    Installed on the trio run from the start of a shutdown. Two facts, no
-    clock threshold: whether the event loop has gone idle (nothing left to
-    run) since the deadline passed, and when the current task step began.
-    Every task that the cut ends promptly ends before the loop can go idle,
-    however long the loop takes to reach them all; a task that shielded
-    itself, swallowed the cancellation and waited, or waited in its cleanup
-    is still running when the loop idles. A task whose ending step began
-    before the deadline blocked the loop across it.
-    """
-
-    def __init__(self, deadline: float, now: Callable[[], float]) -> None:
-        self.deadline = deadline
-        self.now = now
-        self.idled = False
-        self.step_started = -math.inf
-
-    def before_io_wait(self, timeout: float) -> None:
-        if (
-            not self.idled
-            and trio.lowlevel.current_statistics().tasks_runnable == 0
-            and self.now() >= self.deadline
-        ):
-            self.idled = True
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.step_started = self.now()
-
-    def held_off(self) -> bool:
-        """Whether the task ending now held the cut off (see the class docstring)."""
-        return self.idled or self.step_started < self.deadline
 
 
 class Policy:
@@ -146,78 +104,6 @@ class Policy:
 
 # await tasks() outside a request: the first failure stops the batch and is re-raised.
 _STANDALONE = Policy("raise", None, None, False, Observers())
-
-
-class Board:
-    """What the runners of one supervisor share in one trio run.
-
-    The supervisor makes it and reads it; runners register on it, write
-    their records to its ledger and take its deadline. ``requests`` counts
-    the requests being handled, so that a report waits for a request that
-    may still open a batch.
-    """
-
-    def __init__(self, *, keep_records: int, thread_limit: int) -> None:
-        self.now = trio.lowlevel.current_clock().current_time
-        self.ledger = Ledger(self.now(), keep_records)
-        self.limiter = trio.CapacityLimiter(thread_limit)
-        self.token = trio.lowlevel.current_trio_token()
-        self.thread = threading.get_ident()
-        self.deadline = math.inf
-        self.watch: CutWatch | None = None
-        self.next_batch = 1
-        self.runners: dict[int, Runner] = {}
-        self.requests = 0
-        self.shields: set[trio.CancelScope] = set()
-        # Durable backends opened on first use (a mounted app's): closed with the app.
-        self.backends: list[DurableBackend] = []
-        self.closed = False
-        # Made only when someone waits for idleness: most requests never do.
-        self.idle: trio.Event | None = None
-
-    @property
-    def shutting_down(self) -> bool:
-        return self.deadline != math.inf
-
-    def register(self, runner: Runner) -> int:
-        number = self.next_batch
-        self.next_batch += 1
-        self.runners[number] = runner
-        return number
-
-    def unregister(self, number: int) -> None:
-        if self.runners.pop(number, None) is not None:
-            self.check_idle()
-
-    def request_ended(self) -> None:
-        self.requests -= 1
-        self.check_idle()
-
-    def check_idle(self) -> None:
-        if not self.runners and not self.requests and self.idle is not None:
-            self.idle.set()
-            self.idle = None
-
-    def cut(self, deadline: float) -> None:
-        """Bring every batch (and final send) to ``deadline``, watched by a new CutWatch."""
-        self.deadline = deadline
-        self.unwatch()
-        if not self.closed:
-            self.watch = CutWatch(deadline, self.now)
-            trio.lowlevel.add_instrument(self.watch)
-        due = deadline <= self.now()
-        for runner in self.runners.values():
-            runner.cut(deadline, due)
-        for shield in self.shields:
-            shield.deadline = deadline + CUT_MARGIN
-
-    def unwatch(self) -> None:
-        if self.watch is not None:
-            try:
-                trio.lowlevel.remove_instrument(self.watch)
-            except KeyError:  # trio removes an instrument that raised
-                pass
-            self.watch = None
 
 
 class _Phase(enum.Enum):
@@ -321,11 +207,13 @@ class Runner:
                 "add tasks while the request is being handled, or from a task of the batch "
                 "while it runs"
             )
-        task.bind(self)  # raises if it ran or belongs to a batch already
         board = self.board
         tasks = self.batch.tasks
         if board is not None and self.number == 0:
-            self.number = board.register(self)
+            # The board knows the batch from its first task on.
+            self.number = board.next_batch
+            board.next_batch += 1
+            board.runners[self.number] = self
         if board is not None:
             task.id = f"{self.number}.{len(tasks)}"
         task.index = len(tasks)
@@ -403,7 +291,7 @@ class Runner:
             has been recorded.
         """
         if self.phase is not _Phase.OPEN:
-            raise RuntimeError("a batch runs once")
+            return  # it ran already (from FastAPI's exit stack, say): once is all
         self.ready_at = trio.current_time()
         board = self.board
         try:
@@ -414,6 +302,8 @@ class Runner:
                     else:
                         nursery.cancel_scope.deadline = board.deadline
                 self.nursery = nursery
+                if board is not None:
+                    board.scopes.add(nursery.cancel_scope)
                 self.phase = _Phase.RUNNING
                 self.working = True
                 for task in self.batch.tasks:
@@ -428,6 +318,8 @@ class Runner:
                     # The batch's own deadline: absorbed here rather than by the
                     # nursery's scope, so trio records no exception group per batch.
         finally:
+            if board is not None and self.nursery is not None:
+                board.scopes.discard(self.nursery.cancel_scope)
             self.nursery = None
             self.phase = _Phase.ENDED
             try:
@@ -562,7 +454,7 @@ class Runner:
             task.error = failure
         elif cancelled is None and not by_app:
             task.state = TaskState.COMPLETED
-            task.set_result(result)
+            task.value = result
         elif outcome is not None and outcome.started_at is None:
             task.state = TaskState.SKIPPED
             task.started_at = None
@@ -643,7 +535,7 @@ class Runner:
             task.engine_id,
         )
         cut = overrun is not None or (
-            board.shutting_down and state not in (TaskState.COMPLETED, TaskState.FAILED)
+            board.deadline != math.inf and state not in (TaskState.COMPLETED, TaskState.FAILED)
         )
         board.ledger.write(raw, cut=cut)
         observers = self.policy.observers
@@ -701,17 +593,6 @@ class Runner:
         """
         if self.skip_reason is None:
             self.skip_reason = reason
-
-    def cut(self, deadline: float, due: bool) -> None:
-        nursery = self.nursery
-        if nursery is None:
-            return
-        if due:
-            # Cut now rather than through trio's deadline heap (a push and a
-            # pop per batch when thousands wait).
-            nursery.cancel_scope.cancel()
-        else:
-            nursery.cancel_scope.deadline = deadline
 
     def cancel(self, task: BackgroundTask) -> bool:
         """The handle's ``cancel()``: skip it if pending, cut it if running."""

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
+from ._board import Board
 from ._observe import Observers, TaskObserver
 from ._records import ShutdownReport, TaskRecord
-from ._runner import Board, ErrorHook, OnError, Policy, Runner
+from ._runner import ErrorHook, OnError, Policy, Runner
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -389,19 +390,11 @@ class Supervisor:
             state.cause = cause
         report = state.final = self.report()
         # From now on a batch opened late is skipped at once (and counted).
-        state.board.closed = True
-        state.board.unwatch()
-        if report.all_completed:
-            logger.info("%s", report.summary())
-        else:
-            missed = report.not_completed
-            named = ", ".join(
-                f"{r.id} {r.name} ({r.state.value})" for r in missed[:_MAX_NAMED_IN_LOG]
-            )
-            more = len(missed) - _MAX_NAMED_IN_LOG
-            if more > 0:
-                named += f", and {more} more"
-            logger.warning("%s; not completed: %s", report.summary(), named or "(records not kept)")
+        board = state.board
+        board.closed = True
+        if board.watch is not None:
+            board.unwatch()
+        logger.log(*report.log_line(_MAX_NAMED_IN_LOG))
         return report
 
     # -- queries -----------------------------------------------------------

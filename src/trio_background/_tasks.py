@@ -218,6 +218,8 @@ class BackgroundTask:
         progress: The last :class:`Progress` the task reported, or None.
         started_at: When it started, on trio's clock, or None.
         engine_id: The durable engine's id of a handed-off task, or None.
+        value: What the function returned, once it completed, else None
+            (:attr:`result` is the checked way to read it).
 
     Memory:
         When the task ends (whatever its state) it lets go of ``func``,
@@ -226,7 +228,6 @@ class BackgroundTask:
     """
 
     __slots__ = (
-        "_result",
         "_runner",
         "args",
         "durable",
@@ -243,6 +244,7 @@ class BackgroundTask:
         "reason",
         "started_at",
         "state",
+        "value",
     )
 
     def __init__(self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -270,7 +272,7 @@ class BackgroundTask:
         self.started_at: float | None = None
         self.engine_id: str | None = None
         self.durable = False
-        self._result: object = None
+        self.value: object = None
         # The runner that owns the task once it is admitted (the handle's way in).
         self._runner: Runs | None = None
 
@@ -290,11 +292,7 @@ class BackgroundTask:
                 f"background task {self.name} has no result: it is {self.state.value}, "
                 "and only a completed task has one; await task.wait() first"
             )
-        return self._result
-
-    def set_result(self, value: object) -> None:
-        """For the runner: what the function returned."""
-        self._result = value
+        return self.value
 
     def bind(self, runner: Runs) -> None:
         """For the runner: it owns this task from now on.
@@ -447,9 +445,7 @@ class BackgroundTasks:
             RuntimeError: The batch has already finished running, so the task
                 would never run.
         """
-        task = BackgroundTask(func, *args, **kwargs)
-        self._admit(task)
-        return task
+        return self._admit(BackgroundTask(func, *args, **kwargs), SEQUENCE)
 
     def start_soon(
         self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
@@ -467,10 +463,7 @@ class BackgroundTasks:
             TypeError: As :meth:`add_task`.
             RuntimeError: As :meth:`add_task`.
         """
-        task = BackgroundTask(func, *args, **kwargs)
-        task.kind = SOON
-        self._admit(task)
-        return task
+        return self._admit(BackgroundTask(func, *args, **kwargs), SOON)
 
     def add_cleanup(
         self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
@@ -482,24 +475,31 @@ class BackgroundTasks:
         its response was over or a task failed under ``on_error="stop"``.
         Like every task, never after the shutdown deadline (then ``skipped``).
 
-        Returns:
-            The :class:`BackgroundTask` created.
+        Returns and raises as :meth:`add_task`.
+        """
+        return self._admit(BackgroundTask(func, *args, **kwargs), CLEANUP)
+
+    def append(self, task: BackgroundTask) -> None:
+        """Add a task made elsewhere (a :class:`BackgroundTask`), to run in order.
+
+        What Starlette's ``Response(background=task)`` does in a request
+        served through the middleware.
 
         Raises:
-            TypeError: As :meth:`add_task`.
-            RuntimeError: As :meth:`add_task`.
+            RuntimeError: The task ran already or belongs to a batch, or the
+                batch has finished running.
         """
-        task = BackgroundTask(func, *args, **kwargs)
-        task.kind = CLEANUP
-        self._admit(task)
-        return task
+        self._admit(task, task.kind)
 
-    def _admit(self, task: BackgroundTask) -> None:
+    def _admit(self, task: BackgroundTask, kind: int) -> BackgroundTask:
+        task.kind = kind
         runner = self._runner
         if runner is None:
             self.tasks.append(task)
         else:
+            task.bind(runner)
             runner.admit(task)
+        return task
 
     async def __call__(self) -> None:
         """Run the pending tasks now (the Starlette protocol).

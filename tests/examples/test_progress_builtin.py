@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-
-from examples import progress_builtin
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from examples import progress_builtin
 from trio_background import BackgroundTasksMiddleware
 from trio_background.testing import open_live_server
 

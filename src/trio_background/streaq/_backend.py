@@ -417,7 +417,8 @@ class StreaqBackend:
         if failure:
             self._closed = self._closing = self._settle_send = None
             raise ConnectionError(
-                f"cannot connect to Redis at {self.redis_url} for {self!r}: {leaf_error(failure[0])}"
+                f"cannot connect to Redis at {self.redis_url} for {self!r}: "
+                f"{leaf_error(failure[0])}"
             ) from failure[0]
         self._client = client
 
