@@ -77,6 +77,7 @@ nitpick_ignore_regex = [
     # StreaqBackend.task(func: F) -> F, F a TypeVar of any callable.
     (r"py:class", r"trio_background\.streaq\._backend\.F"),
     (r"py:class", r"trio_background\.celery\._backend\.F"),  # CeleryBackend.task, the same
+    (r"py:class", r"trio_background\._policy\.F"),  # trio_background.task, the same
     (r"py:.*", r"(typing|collections\.abc|contextlib)\..*"),
     (r"py:.*", r"(prometheus_client|opentelemetry)\..*"),
     # add_task(func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs)

@@ -28,12 +28,15 @@ def test_public_names() -> None:
         "TaskState",
         "DurableBackend",
         "TaskObserver",
+        "TaskPolicy",
+        "current_supervisor",
         "from_scope",
         "health",
         "monitor",
         "report_progress",
         "serve",
         "supervisor_from_scope",
+        "task",
     }
     for name in trio_background.__all__:
         obj = getattr(trio_background, name)

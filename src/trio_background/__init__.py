@@ -15,6 +15,8 @@ from ._middleware import supervisor_from_scope as supervisor_from_scope
 from ._monitor import TaskMonitor as TaskMonitor
 from ._monitor import monitor as monitor
 from ._observe import TaskObserver as TaskObserver
+from ._policy import TaskPolicy as TaskPolicy
+from ._policy import task as task
 from ._progress import Progress as Progress
 from ._progress import report_progress as report_progress
 from ._records import ShutdownReport as ShutdownReport
@@ -23,6 +25,7 @@ from ._serve import serve as serve
 from ._supervisor import Snapshot as Snapshot
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorStatistics as SupervisorStatistics
+from ._supervisor import current_supervisor as current_supervisor
 from ._tasks import BackgroundTask as BackgroundTask
 from ._tasks import BackgroundTasks as BackgroundTasks
 from ._tasks import TaskState as TaskState
@@ -41,12 +44,15 @@ __all__ = [
     "SupervisorStatistics",
     "TaskMonitor",
     "TaskObserver",
+    "TaskPolicy",
     "TaskRecord",
     "TaskState",
+    "current_supervisor",
     "from_scope",
     "health",
     "monitor",
     "report_progress",
     "serve",
     "supervisor_from_scope",
+    "task",
 ]

@@ -630,6 +630,12 @@ def _name_of(app: object) -> str:
 class _Lifespan:
     """Watches a lifespan: checks for trio, starts and closes the supervisor.
 
+    The supervisor's own nursery, where app-level tasks run
+    (:meth:`Supervisor.start_soon`), is opened around the app's lifespan call:
+    it lives as long as the app. At lifespan shutdown the app-level tasks
+    still running are cut (the server's requests are over by then) before
+    the report is made.
+
     An inner app that raises before it reads the first message does not
     support lifespan (many raw ASGI apps); the middleware then answers the
     server itself, so the report is still made at shutdown.
@@ -643,12 +649,13 @@ class _Lifespan:
         self.receive = receive
         self.send = send
         self.read_any = False
+        self.nursery: trio.Nursery | None = None
 
     async def _receive(self) -> Message:
         message = await self.receive()
         self.read_any = True
         if message["type"] == "lifespan.startup":
-            self.middleware.supervisor.start()
+            self.middleware.supervisor.start(self.nursery)
             await self._open_backend()
         elif message["type"] == "lifespan.shutdown":
             await self._close()
@@ -661,6 +668,11 @@ class _Lifespan:
 
     async def _close(self) -> None:
         supervisor = self.middleware.supervisor
+        if supervisor.board.runners:
+            # App-level tasks (or batches the server left) still running: the
+            # app is going away, so they are cut now, and counted, before the report.
+            supervisor.begin_shutdown(mode="cancel", cause="lifespan shutdown")
+            await supervisor.wait_idle()
         supervisor.close(cause="lifespan shutdown")
         backends = [supervisor.backend, *supervisor.board.backends]
         for backend in backends:
@@ -680,24 +692,26 @@ class _Lifespan:
                 await self.send({"type": "lifespan.startup.failed", "message": str(exc)})
             raise
         self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]  # same module
-        self.middleware.supervisor.start()
-        try:
-            await self.middleware.app(self.scope, self._receive, self.send)
-        except Exception:
-            if self.read_any:
-                raise
-        else:
-            if self.read_any:
-                return
-        # Raised or returned before reading: the app does not support lifespan.
-        logger.debug("the app does not support lifespan; trio-background answers it")
-        await self._answer_alone()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.middleware.supervisor.start(nursery)
+            try:
+                await self.middleware.app(self.scope, self._receive, self.send)
+            except Exception:
+                if self.read_any:
+                    raise
+            else:
+                if self.read_any:
+                    return
+            # Raised or returned before reading: the app does not support lifespan.
+            logger.debug("the app does not support lifespan; trio-background answers it")
+            await self._answer_alone()
 
     async def _answer_alone(self) -> None:
         while True:
             message = await self.receive()
             if message["type"] == "lifespan.startup":
-                self.middleware.supervisor.start()
+                self.middleware.supervisor.start(self.nursery)
                 await self._open_backend()
                 await self.send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

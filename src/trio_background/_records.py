@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._tasks import BackgroundTask, TaskState
+from ._tasks import TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,7 +28,6 @@ __all__ = [
     "TaskRecord",
     "build_record",
     "format_error",
-    "raw_record",
 ]
 
 FINAL_STATES: tuple[TaskState, ...] = (
@@ -65,6 +64,8 @@ class TaskRecord:
         waited: Seconds from its response being complete to its start (the
             wait for a thread included), or None if it never started.
         engine_id: The durable engine's id of a handed-off task, or None.
+        attempts: How many times it ran: 1, more with ``retries`` (see
+            :func:`~trio_background.task`), 0 if it never started.
     """
 
     name: str
@@ -80,6 +81,7 @@ class TaskRecord:
     overrun: float | None = None
     waited: float | None = None
     engine_id: str | None = None
+    attempts: int = 0
 
     @property
     def id(self) -> str:
@@ -103,6 +105,7 @@ class TaskRecord:
             "overrun": self.overrun,
             "waited": self.waited,
             "engine_id": self.engine_id,
+            "attempts": self.attempts,
         }
 
 
@@ -124,6 +127,7 @@ class RawRecord(NamedTuple):
     overrun: float | None
     ready: float | None
     engine_id: str | None
+    attempts: int = 0
 
 
 def format_error(exc: BaseException) -> str:
@@ -137,39 +141,6 @@ def format_error(exc: BaseException) -> str:
         text = "<exception str() failed>"
     name = type(exc).__qualname__
     return f"{name}: {text}" if text else name
-
-
-def raw_record(
-    task: BackgroundTask,
-    request: str,
-    batch: int,
-    index: int,
-    ended: float,
-    *,
-    ready: float | None = None,
-    overrun: float | None = None,
-) -> RawRecord:
-    """The raw record of ``task``, in its final state, ended at ``ended``."""
-    error = task.error
-    state = task.state
-    started = (
-        None if state is TaskState.SKIPPED or state is TaskState.HANDED_OFF else task.started_at
-    )
-    return RawRecord(
-        task.name,
-        state,
-        None if error is None else format_error(error),
-        task.reason,
-        request,
-        batch,
-        index,
-        started,
-        ended,
-        task.progress,
-        overrun,
-        ready,
-        task.engine_id,
-    )
 
 
 def _since(when: float | None, epoch: float) -> float | None:
@@ -194,6 +165,7 @@ def build_record(raw: RawRecord, epoch: float) -> TaskRecord:
         overrun=None if raw.overrun is None else round(raw.overrun, 6),
         waited=None if started is None or ready is None else round(max(0.0, started - ready), 6),
         engine_id=raw.engine_id,
+        attempts=raw.attempts,
     )
 
 

@@ -46,6 +46,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from ._backend import DurableBackend
     from ._board import Board
+    from ._policy import TaskPolicy
 
 __all__ = [
     "ErrorHook",
@@ -189,15 +190,19 @@ class Runner:
 
     # -- admission: every task comes in here ---------------------------------
 
-    def admit(self, task: BackgroundTask) -> None:
+    def admit(self, task: BackgroundTask) -> BackgroundTask:
         """Take ``task`` into the batch: from trio or from any thread, atomically.
+
+        Returns:
+            ``task``; or, when its policy's key names a task still pending or
+            running in this process, that task (``task`` is then dropped).
 
         Raises:
             RuntimeError: The batch has ended: nothing would run the task.
+            TypeError: The policy's key function returned no string.
         """
         if threading.get_ident() != self.thread:
-            self._admit_from_thread(task)
-            return
+            return self._admit_from_thread(task)
         if self.phase is _Phase.ENDED:
             if inspect.iscoroutine(task.func):  # pragma: no cover - refused at creation
                 task.func.close()
@@ -207,6 +212,15 @@ class Runner:
                 "add tasks while the request is being handled, or from a task of the batch "
                 "while it runs"
             )
+        policy = task.policy
+        if policy is not None and policy.key is not None:
+            key = policy.key_of(task.args, task.kwargs)
+            keys = _per_run().keys
+            holder = keys.get(key)  # type: ignore[arg-type]  # a key is a str
+            if holder is not None and not holder.state.is_final:
+                return holder
+            keys[key] = task  # type: ignore[index]
+            task.dedup_key = key
         board = self.board
         tasks = self.batch.tasks
         if board is not None and self.number == 0:
@@ -229,11 +243,12 @@ class Runner:
             self._end_if_idle()
         elif self.phase is _Phase.RUNNING:
             self._start(task)
+        return task
 
-    def _admit_from_thread(self, task: BackgroundTask) -> None:
+    def _admit_from_thread(self, task: BackgroundTask) -> BackgroundTask:
         token = None if self.board is None else self.board.token
         try:
-            trio.from_thread.run_sync(self.admit, task, trio_token=token)
+            return trio.from_thread.run_sync(self.admit, task, trio_token=token)
         except trio.RunFinishedError:
             raise RuntimeError(
                 f"cannot add {task.name} to this batch: the server has stopped, so the task "
@@ -383,37 +398,112 @@ class Runner:
 
     async def _run(self, task: BackgroundTask) -> None:
         """Run one task through the gate and settle it; re-raise only a cancellation."""
-        if not self._gate(task):
-            return
-        if task.durable:
-            await self._hand_off_late(task)
-            return
-        observers = self.policy.observers
-        outcome = None if task.is_async else ThreadOutcome()
-        result: object = None
-        exc: BaseException | None = None
-        token = current_task.set(task)
-        # The task's own scope: the handle's cancel() cuts this task alone.
-        scope = trio.CancelScope()
+        policy = task.policy
+        slot: trio.CapacityLimiter | None = None
+        if policy is not None and policy.limit is not None:
+            slot = _per_run().limiter(policy)
+            if not await self._take_slot(task, slot):
+                return
         try:
-            with scope:
-                self.running[task] = scope
-                if observers.items:
-                    with observers.task_running(task):
-                        result = await self._call(task, outcome)
-                else:
-                    result = await self._call(task, outcome)
-        except BaseException as raised:
-            exc = raised
+            if not self._gate(task):
+                return
+            if task.durable:
+                await self._hand_off_late(task)
+                return
+            observers = self.policy.observers
+            attempt = _Attempt(task)
+            result: object = None
+            exc: BaseException | None = None
+            token = current_task.set(task)
+            # The task's own scope: the handle's cancel() cuts this task alone.
+            scope = trio.CancelScope()
+            try:
+                with scope:
+                    self.running[task] = scope
+                    if observers.items:
+                        with observers.task_running(task):
+                            result = await self._attempts(attempt)
+                    else:
+                        result = await self._attempts(attempt)
+            except BaseException as raised:
+                exc = raised
+            finally:
+                current_task.reset(token)
+                del self.running[task]
+            try:
+                await self._settle(
+                    task, result, exc, attempt.outcome, by_app=scope.cancelled_caught
+                )
+            finally:
+                # The traceback keeps this frame: without the del, every cut task
+                # leaves a reference cycle for the collector.
+                del exc
         finally:
-            current_task.reset(token)
-            del self.running[task]
+            if slot is not None:
+                slot.release_on_behalf_of(task)
+
+    async def _take_slot(self, task: BackgroundTask, slot: trio.CapacityLimiter) -> bool:
+        """Wait for a slot of the task's ``limit``; False (the task settled) if cut first."""
         try:
-            await self._settle(task, result, exc, outcome, by_app=scope.cancelled_caught)
-        finally:
-            # The traceback keeps this frame: without the del, every cut task
-            # leaves a reference cycle for the collector.
-            del exc
+            slot.acquire_on_behalf_of_nowait(task)  # no wait below the limit
+        except trio.WouldBlock:
+            try:
+                await slot.acquire_on_behalf_of(task)
+            except trio.Cancelled:
+                if task.state is TaskState.PENDING:
+                    self._skip(task, self._pending_reason())
+                raise
+        if task.state is not TaskState.PENDING:  # cancelled by the app while it waited
+            slot.release_on_behalf_of(task)
+            return False
+        return True
+
+    async def _attempts(self, attempt: _Attempt) -> object:
+        """Run the task's function, as often as its policy allows; return what it returned."""
+        task = attempt.task
+        policy = task.policy
+        if policy is None:
+            task.attempts = 1
+            return await self._call(task, attempt.fresh())
+        while True:
+            task.attempts += 1
+            try:
+                if policy.timeout is None:
+                    return await self._call(task, attempt.fresh())
+                with trio.move_on_after(policy.timeout):
+                    return await self._call(task, attempt.fresh())
+                raise TimeoutError(f"timed out after {policy.timeout:g} s")
+            except policy.retry_on as failure:
+                if task.attempts > policy.retries:
+                    raise
+                delay = policy.delay(task.attempts + 1)
+                board = self.board
+                if board is not None and trio.current_time() + delay >= board.deadline:
+                    task.reason = (
+                        f"no retry was allowed: attempt {task.attempts + 1} would start after "
+                        "the shutdown deadline"
+                    )
+                    raise
+                logger.warning(
+                    "background task %s (%s) failed on attempt %d of %d, for request %s; "
+                    "retrying in %gs: %s",
+                    task.name,
+                    task.id,
+                    task.attempts,
+                    policy.retries + 1,
+                    self.request,
+                    delay,
+                    format_error(failure),
+                )
+                try:
+                    await trio.sleep(delay)
+                except trio.Cancelled:
+                    task.error = failure  # it ends with its last failure
+                    task.reason = (
+                        "no retry was allowed: the batch was cut before attempt "
+                        f"{task.attempts + 1}"
+                    )
+                    raise
 
     async def _call(self, task: BackgroundTask, outcome: ThreadOutcome | None) -> object:
         if outcome is None:
@@ -449,6 +539,8 @@ class Runner:
             task.started_at = outcome.started_at
         if exc is not None:
             cancelled, failure = _split(exc)
+        if failure is None and task.error is not None:
+            failure = task.error  # cut while waiting to retry: its last failure stands
         if failure is not None:
             task.state = TaskState.FAILED
             task.error = failure
@@ -479,6 +571,10 @@ class Runner:
     def _record(self, task: BackgroundTask) -> RawRecord | None:
         """Write ``task``'s one record (it is in its final state) and let go of its call."""
         task.func, task.args, task.kwargs = released, (), {}
+        if task.dedup_key is not None:
+            keys = _per_run().keys
+            if keys.get(task.dedup_key) is task:
+                del keys[task.dedup_key]
         self.ended += 1
         waiters = self.waiters
         if waiters is not None:
@@ -533,6 +629,7 @@ class Runner:
             overrun,
             self.ready_at,
             task.engine_id,
+            task.attempts,
         )
         cut = overrun is not None or (
             board.deadline != math.inf and state not in (TaskState.COMPLETED, TaskState.FAILED)
@@ -565,15 +662,15 @@ class Runner:
         if hook is not None and raw is not None and self.board is not None:
             await _call_hook(hook, build_record(raw, self.board.ledger.epoch), error)
 
-    def _finish(self) -> None:
-        """Settle what never started: ``skipped``, with why."""
+    def _pending_reason(self) -> str:
         board = self.board
         if board is not None and trio.current_time() >= board.deadline:
-            reason = "the shutdown deadline passed before it started"
-        else:
-            reason = (
-                self.skip_reason or self.stop_reason or "the batch was cancelled before it started"
-            )
+            return "the shutdown deadline passed before it started"
+        return self.skip_reason or self.stop_reason or "the batch was cancelled before it started"
+
+    def _finish(self) -> None:
+        """Settle what never started: ``skipped``, with why."""
+        reason = self._pending_reason()
         for task in self.batch.tasks:
             if task.state is TaskState.PENDING:
                 self._skip(task, reason)
@@ -664,6 +761,50 @@ class Runner:
         if durable:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + SPILL_TIMEOUT):
                 await self.hand_off(durable)
+
+
+class _Attempt:
+    """One task's runs: the thread outcome of the latest (sync tasks)."""
+
+    __slots__ = ("outcome", "task")
+
+    def __init__(self, task: BackgroundTask) -> None:
+        self.task = task
+        self.outcome: ThreadOutcome | None = None
+
+    def fresh(self) -> ThreadOutcome | None:
+        if not self.task.is_async:
+            self.outcome = ThreadOutcome()
+        return self.outcome
+
+
+class _PerRun:
+    """What task policies share across every batch of the process's trio run."""
+
+    __slots__ = ("keys", "limiters")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, BackgroundTask] = {}
+        self.limiters: dict[TaskPolicy, trio.CapacityLimiter] = {}
+
+    def limiter(self, policy: TaskPolicy) -> trio.CapacityLimiter:
+        limiter = self.limiters.get(policy)
+        if limiter is None:
+            assert policy.limit is not None
+            limiter = self.limiters[policy] = trio.CapacityLimiter(policy.limit)
+        return limiter
+
+
+_PER_RUN: trio.lowlevel.RunVar[_PerRun] = trio.lowlevel.RunVar("trio_background.policies")
+
+
+def _per_run() -> _PerRun:
+    try:
+        return _PER_RUN.get()
+    except LookupError:
+        state = _PerRun()
+        _PER_RUN.set(state)
+        return state
 
 
 async def run_now(batch: BackgroundTasks) -> None:

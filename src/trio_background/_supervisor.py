@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, ParamSpec
 
 import trio
 
@@ -24,14 +24,16 @@ from ._board import Board
 from ._observe import Observers, TaskObserver
 from ._records import ShutdownReport, TaskRecord
 from ._runner import ErrorHook, OnError, Policy, Runner
+from ._tasks import SOON, BackgroundTask, BackgroundTasks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ._backend import DurableBackend
-    from ._tasks import BackgroundTask, BackgroundTasks
 
-__all__ = ["Mode", "Snapshot", "Supervisor", "SupervisorStatistics"]
+P = ParamSpec("P")
+
+__all__ = ["Mode", "Snapshot", "Supervisor", "SupervisorStatistics", "current_supervisor"]
 
 logger = logging.getLogger("trio_background")
 
@@ -119,10 +121,19 @@ class Snapshot:
 class _Run:
     """The supervisor's life in one trio run: the board, and how shutdown went."""
 
-    __slots__ = ("board", "cause", "drain_timeout", "final", "mode", "shutdown_started_at")
+    __slots__ = (
+        "board",
+        "cause",
+        "drain_timeout",
+        "final",
+        "mode",
+        "nursery",
+        "shutdown_started_at",
+    )
 
     def __init__(self, board: Board) -> None:
         self.board = board
+        self.nursery: trio.Nursery | None = None
         self.mode: Mode | None = None
         self.cause: str | None = None
         self.drain_timeout: float | None = None
@@ -246,13 +257,73 @@ class Supervisor:
         """Whether shutdown has begun in this trio run."""
         return self._state().shutdown_started_at is not None
 
-    def start(self) -> None:
+    def start(self, nursery: trio.Nursery | None = None) -> None:
         """Mark the start of the supervisor's life in this trio run.
 
-        Times in records count from here. Called at lifespan startup; if it
-        never is, the first batch starts the clock.
+        Times in records count from here. Called at lifespan startup (with
+        the nursery app-level tasks run in); if it never is, the first batch
+        starts the clock. From then on :func:`current_supervisor` returns
+        this supervisor in this trio run.
+
+        Args:
+            nursery: The supervisor's own nursery, for :meth:`start_soon`.
         """
-        self._state()
+        state = self._state()
+        if nursery is not None:
+            state.nursery = nursery
+        _CURRENT.set(self)
+
+    def start_soon(
+        self, func: Callable[P, object], /, *args: P.args, **kwargs: P.kwargs
+    ) -> BackgroundTask:
+        """Run ``func(*args, **kwargs)`` now as an app-level task.
+
+        For work that belongs to no response: started in lifespan, by a
+        websocket, anywhere in the app. It runs at once in the supervisor's
+        own nursery (opened around the app's lifespan), under the same
+        deadline, policies, error handling and report as every task; its
+        request is ``app``.
+
+        Returns:
+            The task's :class:`BackgroundTask` handle.
+
+        Raises:
+            TypeError: As :meth:`BackgroundTasks.add_task`.
+            RuntimeError: The supervisor has no nursery (its app was served
+                without lifespan), or it has closed.
+        """
+        task = BackgroundTask(func, *args, **kwargs)
+        task.kind = SOON
+        state = self._state()
+        nursery = state.nursery
+        if nursery is None or state.final is not None:
+            why = "has closed" if state.final is not None else "has no nursery"
+            raise RuntimeError(
+                f"cannot start {task.name} as an app-level task: the supervisor {why}; "
+                "app-level tasks run in the nursery the middleware opens around the app's "
+                "lifespan: serve the app with lifespan on (serve(), python -m trio_background, "
+                "Hypercorn, or the test clients)"
+            )
+        batch = BackgroundTasks()
+        runner = Runner(batch, state.board, self.policy, "app")
+        batch.append(task)
+        nursery.start_soon(runner.run)
+        return task
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel the task ``task_id`` (see :meth:`BackgroundTask.cancel`).
+
+        Returns:
+            Whether it changed anything (False for an unknown id, another
+            worker's, or a task that has ended).
+        """
+        key = _parse_id(task_id)
+        if key is None:
+            return False
+        runner = self._state().board.runners.get(key[0])
+        if runner is None or key[1] >= len(runner.batch.tasks):
+            return False
+        return runner.batch.tasks[key[1]].cancel()
 
     # -- batches -----------------------------------------------------------
 
@@ -510,6 +581,26 @@ class Supervisor:
             threads_busy=board.limiter.borrowed_tokens,
             tasks_active=sum(len(r.batch.tasks) - r.ended for r in board.runners.values()),
         )
+
+
+_CURRENT: trio.lowlevel.RunVar[Supervisor] = trio.lowlevel.RunVar("trio_background.supervisor")
+
+
+def current_supervisor() -> Supervisor:
+    """The supervisor of the app served in the running trio run.
+
+    Raises:
+        RuntimeError: No app with :class:`BackgroundTasksMiddleware` has
+            started (its lifespan) in this trio run, or this is not a trio run.
+    """
+    try:
+        return _CURRENT.get()
+    except (LookupError, RuntimeError):
+        raise RuntimeError(
+            "current_supervisor() found no supervisor: call it in a trio run that serves an "
+            "app with BackgroundTasksMiddleware, after its lifespan started (serve(), "
+            "python -m trio_background, Hypercorn's trio worker, or open_client)"
+        ) from None
 
 
 def _parse_id(task_id: str) -> tuple[int, int] | None:

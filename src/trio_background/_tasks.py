@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 import trio
 
+from ._policy import POLICY_ATTRIBUTE, TaskPolicy
+
 if TYPE_CHECKING:
     import weakref
     from collections.abc import Callable, Iterable
@@ -161,7 +163,7 @@ def describe(func: object) -> str:
 class Runs(Protocol):
     """The runner of a batch, as the batch and its tasks see it (``_runner.Runner``)."""
 
-    def admit(self, task: BackgroundTask) -> None: ...
+    def admit(self, task: BackgroundTask) -> BackgroundTask: ...
 
     def cancel(self, task: BackgroundTask) -> bool: ...
 
@@ -218,6 +220,10 @@ class BackgroundTask:
         progress: The last :class:`Progress` the task reported, or None.
         started_at: When it started, on trio's clock, or None.
         engine_id: The durable engine's id of a handed-off task, or None.
+        policy: The :class:`~trio_background.TaskPolicy` its function carries
+            (see :func:`~trio_background.task`), or None.
+        attempts: How many times it has run (more than 1 with retries).
+        dedup_key: Its deduplication key (from the policy's ``key``), or None.
         value: What the function returned, once it completed, else None
             (:attr:`result` is the checked way to read it).
 
@@ -230,6 +236,8 @@ class BackgroundTask:
     __slots__ = (
         "_runner",
         "args",
+        "attempts",
+        "dedup_key",
         "durable",
         "engine_id",
         "error",
@@ -240,6 +248,7 @@ class BackgroundTask:
         "kind",
         "kwargs",
         "name",
+        "policy",
         "progress",
         "reason",
         "started_at",
@@ -273,6 +282,10 @@ class BackgroundTask:
         self.engine_id: str | None = None
         self.durable = False
         self.value: object = None
+        policy = getattr(_unwrap(func), POLICY_ATTRIBUTE, None)
+        self.policy = policy if isinstance(policy, TaskPolicy) else None
+        self.attempts = 0
+        self.dedup_key: str | None = None
         # The runner that owns the task once it is admitted (the handle's way in).
         self._runner: Runs | None = None
 
@@ -437,7 +450,9 @@ class BackgroundTasks:
         tasks, or from a thread) runs after the tasks already in it.
 
         Returns:
-            The :class:`BackgroundTask` created, to inspect its state later.
+            The :class:`BackgroundTask` created, to inspect its state later;
+            or, when the function's policy has a ``key`` and a task with the
+            same key is pending or running, that task.
 
         Raises:
             TypeError: ``func`` cannot be run as a task (see
@@ -498,7 +513,11 @@ class BackgroundTasks:
             self.tasks.append(task)
         else:
             task.bind(runner)
-            runner.admit(task)
+            try:
+                return runner.admit(task)
+            except BaseException:
+                task._runner = None  # pyright: ignore[reportPrivateUsage]  # same module; not taken
+                raise
         return task
 
     async def __call__(self) -> None:
