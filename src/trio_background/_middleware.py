@@ -344,14 +344,59 @@ async def _send_after_return(message: Message) -> None:
     )
 
 
-def exchange_from_scope(scope: Scope) -> Exchange:
+class Connection:
+    """One websocket connection: its batch, whose ``start_soon`` tasks run at once.
+
+    The runner runs beside the app's call, in a nursery around it: the
+    ``start_soon`` tasks start as they are added, the ``add_task`` sequence
+    (and the cleanups) once the connection's app call has returned.
+    """
+
+    __slots__ = ("__weakref__", "batch", "middleware", "runner")
+
+    def __init__(self, middleware: BackgroundTasksMiddleware, scope: Scope) -> None:
+        self.middleware = middleware
+        self.batch = BackgroundTasks()
+        self.runner = Runner(
+            self.batch,
+            middleware.supervisor.board,
+            middleware.supervisor.policy,
+            f"WEBSOCKET {scope.get('path', '?')}",
+        )
+        self.runner.hold_sequence()
+
+    def app_failed(self, reason: str) -> None:
+        self.runner.app_failed(reason)
+
+    def defer_to(self, stack: AsyncExitStack) -> None:
+        """FastAPI's exit stack: a connection's sequence runs when it closes, whatever it holds."""
+
+    async def serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.runner.run)
+            try:
+                await app(scope, receive, send)
+            except Exception as exc:
+                failure = exc
+                self.runner.app_failed(
+                    f"the app raised {type(exc).__qualname__} while handling the connection"
+                )
+            finally:
+                self.runner.release()
+        if failure is not None:
+            raise failure
+
+
+def exchange_from_scope(scope: Scope) -> Exchange | Connection:
     """The request's exchange; RuntimeError naming the fix when there is none."""
     exchange = scope.get(EXCHANGE_KEY)
-    if isinstance(exchange, Exchange):
+    if isinstance(exchange, Exchange | Connection):
         return exchange
-    if scope.get("type") != "http":
+    if scope.get("type") not in ("http", "websocket"):
         raise RuntimeError(
-            f"only HTTP requests have background tasks, and this is a {scope.get('type')!r} scope"
+            "only HTTP requests and websocket connections have background tasks, and this is "
+            f"a {scope.get('type')!r} scope"
         )
     raise RuntimeError(
         "this request has no background tasks batch: BackgroundTasksMiddleware is not "
@@ -361,10 +406,12 @@ def exchange_from_scope(scope: Scope) -> Exchange:
 
 
 def from_scope(scope: Scope) -> BackgroundTasks:
-    """The batch of the HTTP request that ``scope`` belongs to.
+    """The batch of the HTTP request (or websocket connection) ``scope`` belongs to.
 
     Use it in a raw ASGI app, or in a Starlette endpoint as
-    ``from_scope(request.scope)``.
+    ``from_scope(request.scope)`` (``websocket.scope`` in a websocket
+    endpoint: there ``start_soon`` tasks run at once beside the handler, and
+    ``add_task`` tasks once the connection has closed).
 
     Raises:
         RuntimeError: The scope has no batch: the middleware is not installed,
@@ -502,6 +549,14 @@ class BackgroundTasksMiddleware:
                 return
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
+            return
+        elif kind == "websocket" and self._inner is None and EXCHANGE_KEY not in scope:
+            if not self._trio_checked:
+                check_trio()
+                self._trio_checked = True
+            connection = Connection(self, scope)
+            scope[EXCHANGE_KEY] = connection
+            await connection.serve(self.app, scope, receive, send)
             return
         else:
             await self.app(scope, receive, send)

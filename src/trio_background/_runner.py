@@ -138,6 +138,7 @@ class Runner:
         "cursors",
         "ended",
         "failure",
+        "hold",
         "number",
         "nursery",
         "phase",
@@ -179,6 +180,8 @@ class Runner:
         self.stop_reason: str | None = None
         self.skip_reason: str | None = None
         self.failure: BaseException | None = None
+        # Set for a websocket's batch: its sequence waits until the connection closed.
+        self.hold: trio.Event | None = None
         self.running: dict[BackgroundTask, trio.CancelScope] = {}
         self.waiters: dict[BackgroundTask, trio.Event] | None = None
         batch.bind(self)
@@ -326,6 +329,8 @@ class Runner:
                         self.soon_active += 1
                         nursery.start_soon(self._run_soon, task)
                 try:
+                    if self.hold is not None:
+                        await self.hold.wait()
                     await self._work()
                 except trio.Cancelled:
                     if not nursery.cancel_scope.cancel_called:
@@ -681,6 +686,15 @@ class Runner:
     def is_open(self) -> bool:
         """Whether the batch has not started running (it still takes adopted tasks)."""
         return self.phase is _Phase.OPEN
+
+    def hold_sequence(self) -> None:
+        """Run only ``start_soon`` tasks until :meth:`release` (a websocket's batch)."""
+        self.hold = trio.Event()
+
+    def release(self) -> None:
+        """The connection has closed: the sequence and the cleanups may run."""
+        if self.hold is not None:
+            self.hold.set()
 
     def app_failed(self, reason: str) -> None:
         """The app raised before its response was over: only cleanups will run.

@@ -39,7 +39,7 @@ from ._tasks import BackgroundTasks as _BackgroundTasks
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._middleware import Exchange
+    from ._middleware import Connection, Exchange
 
 __all__ = ["BackgroundTasks", "get_background_tasks"]
 
@@ -55,7 +55,7 @@ class _DiscardOnError:
 
     __slots__ = ("_exchange",)
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange | Connection) -> None:
         self._exchange = exchange
 
     def __call__(
