@@ -137,6 +137,7 @@ class ShutdownControl:
         self._signals = 0
         # In-flight request handlers (see handle()), cut at cut_at.
         self._handlers: set[trio.CancelScope] = set()
+        self._handlers_done: trio.Event | None = None
         self.cut_at = math.inf
 
     @property
@@ -248,8 +249,16 @@ class ShutdownControl:
                     await app(scope, receive, send)
                 finally:
                     self._handlers.discard(cut)
+                    if not self._handlers and self._handlers_done is not None:
+                        self._handlers_done.set()
 
         return handled
+
+    async def wait_handlers_done(self) -> None:
+        """Return once no request handler (nor the batch it runs) is in flight."""
+        while self._handlers:
+            self._handlers_done = trio.Event()
+            await self._handlers_done.wait()
 
 
 def wrap(
@@ -430,6 +439,24 @@ async def unhook_signal_wakeup(main: Callable[[], Awaitable[T]]) -> T:
         signal.set_wakeup_fd(-1)
 
 
+def _connections_nursery() -> list[trio.Nursery]:
+    """The nursery of Hypercorn's connections, seen from its shutdown trigger.
+
+    Hypercorn's ``worker_serve`` opens three nurseries, in this order: the
+    lifespan's, the connections' (``server_nursery``) and the one that runs
+    the trigger. Found through trio's public task tree; if Hypercorn's shape
+    is not that, nothing (its graceful timeout alone then ends connections).
+    """
+    ours = trio.lowlevel.current_task().parent_nursery
+    owner = None if ours is None else ours.parent_task
+    if ours is None or owner is None:
+        return []
+    nurseries = owner.child_nurseries
+    if len(nurseries) != 3 or nurseries[2] is not ours:
+        return []
+    return [nurseries[1]]
+
+
 def _watch_startup(app: ASGIApp, started: trio.Event) -> ASGIApp:
     async def watching(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -466,8 +493,11 @@ async def serve_middleware(
     """
     server_config = copy.copy(config)
     stopped = trio.Event()
+    connections: list[trio.Nursery] = []
+    accepting_stopped = trio.Event()
 
     async def hypercorn_trigger() -> None:
+        connections.extend(_connections_nursery())
         try:
             await control.stop_accepting()
         finally:
@@ -478,7 +508,20 @@ async def serve_middleware(
             )
             control.begin()
             remaining = control.supervisor.time_until_deadline()
-            server_config.graceful_timeout = remaining + CLEANUP_MARGIN
+            server_config.graceful_timeout = remaining + control.cleanup_margin
+            accepting_stopped.set()
+
+    async def close_connections_when_done() -> None:
+        # Hypercorn waits for every connection until its graceful timeout, and
+        # a keep-alive client that sent its next request while the batch ran
+        # (the response was over) leaves one parked for good after Hypercorn
+        # closed it. Once no request handler (nor its batch) is left, the
+        # connections hold nothing worth waiting for: close them now, so the
+        # server stops at the deadline, not one second after it.
+        await accepting_stopped.wait()
+        await control.wait_handlers_done()
+        for nursery in connections:
+            nursery.cancel_scope.cancel()
 
     async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
         # Hypercorn's type for an ASGI app is a union of TypedDict callables
@@ -499,6 +542,7 @@ async def serve_middleware(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, control)
+        nursery.start_soon(close_connections_when_done)
         try:
             binds: list[str] = await nursery.start(run_server)
             task_status.started(binds)
