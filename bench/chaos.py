@@ -7,9 +7,11 @@ requests, each adding two tasks), applies one fault, and checks the history:
 
 - every request answered 2xx has each of its tasks in the report, exactly
   once (any final state), or was answered by a worker process that the
-  merged report lists in ``lost``; a fault that leaves no report possible
-  (SIGKILL of the server, a report path that cannot be written) counts its
-  tasks as ``killed`` and must end with the exit status that says so;
+  merged report lists in ``lost`` (column "of lost workers"; "lost" sums
+  the ``tasks_active`` those entries report); a fault that leaves no report
+  possible (SIGKILL of the server, a report path that cannot be written)
+  counts its tasks as ``killed`` and must end with the exit status that
+  says so; "unaccounted" and "duplicated" must be 0;
 - the process exits by its deadline + 1 s (the deadline: the signal, plus
   the shutdown delay, plus the drain timeout in drain mode; a second signal
   brings it to the second signal), measured from when this program sent
@@ -296,8 +298,9 @@ def check(outcome: Outcome) -> None:
         if found > TASKS_PER_REQUEST:
             counts["duplicated"] += found - TASKS_PER_REQUEST
         counts["in reports"] += min(found, TASKS_PER_REQUEST)
-        if found < TASKS_PER_REQUEST and pid not in lost_pids:
-            counts["unaccounted"] += TASKS_PER_REQUEST - found
+        if found < TASKS_PER_REQUEST:
+            missing = "of lost workers" if pid in lost_pids else "unaccounted"
+            counts[missing] += TASKS_PER_REQUEST - found
     if counts["duplicated"] or counts["unaccounted"]:
         outcome.problems.append(
             f"{counts['duplicated']} duplicated, {counts['unaccounted']} unaccounted tasks"
@@ -305,8 +308,8 @@ def check(outcome: Outcome) -> None:
 
 
 COLUMNS = (
-    "runs", "requests", "tasks", "in reports", "lost", "killed", "duplicated", "unaccounted",
-    "late exits", "wrong status", "tracebacks",
+    "runs", "requests", "tasks", "in reports", "of lost workers", "lost", "killed",
+    "duplicated", "unaccounted", "late exits", "wrong status", "tracebacks",
 )  # fmt: skip
 
 
