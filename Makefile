@@ -12,7 +12,7 @@ FLOOR := .floor
 EXAMPLE ?= demo
 BIND ?= 127.0.0.1:8000
 
-.PHONY: demo test lint typecheck pytest test-floor dist docs bench bench-smoke clean
+.PHONY: demo test lint typecheck pytest test-floor dist docs bench bench-smoke chaos clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,13 @@ bench: $(STAMP)
 	$(PY) -m bench.monitor_poll
 	$(PY) -m bench.durable
 	$(PY) -m bench.cycles
+
+# The fault suite (about 4 minutes): 50 seeded runs of real server processes under
+# load, each with one fault (SIGKILL of the server or of a worker, signal storms, a
+# second signal, a report that cannot be written), checked; prints the table that
+# docs/reliability.rst shows, and fails if any run broke a rule.
+chaos: $(STAMP)
+	$(PY) -m bench.chaos --runs 50
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench.run --smoke

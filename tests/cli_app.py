@@ -90,3 +90,14 @@ async def failing_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 failing_startup_app = FastAPI(lifespan=failing_lifespan)
+
+
+async def block_the_loop_for(seconds: float) -> None:
+    print("task blocking started", file=sys.stderr, flush=True)
+    time.sleep(seconds)  # noqa: ASYNC251 - the event loop is blocked meanwhile
+
+
+@app.post("/block-for")
+async def block_for(background_tasks: BackgroundTasks, seconds: float) -> dict[str, str]:
+    background_tasks.add_task(block_the_loop_for, seconds)
+    return {"status": "accepted"}

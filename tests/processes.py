@@ -59,9 +59,11 @@ async def start(*args: str, env: dict[str, str] | None = None) -> Server:
     return Server(process)
 
 
-async def start_cli(*args: str, env: dict[str, str] | None = None) -> Server:
-    """``python -m trio_background tests.cli_app:app ARGS`` on 127.0.0.1:0 unless bound."""
+async def start_cli(
+    *args: str, env: dict[str, str] | None = None, app: str = "tests.cli_app:app"
+) -> Server:
+    """``python -m trio_background APP ARGS`` on 127.0.0.1:0 unless bound."""
     bind = () if any(a in ("-b", "--bind", "-c", "--config") for a in args) else (
         "--bind", "127.0.0.1:0",
     )  # fmt: skip
-    return await start("-m", "trio_background", "tests.cli_app:app", *bind, *args, env=env)
+    return await start("-m", "trio_background", app, *bind, *args, env=env)

@@ -185,3 +185,44 @@ async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
     assert len(polls) > seen["hidden_polls"]
     assert polls[0] == "limit=5"
     assert "limit=5&after=1.4" in polls
+
+
+async def test_the_page_names_its_worker_and_says_when_it_lost_contact() -> None:
+    from playwright.sync_api import sync_playwright
+
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    app.mount("/admin/tasks", monitor(poll_interval=0.1))
+    stop = trio.Event()
+
+    async def serve_until_stopped(*, task_status: trio.TaskStatus[str]) -> None:
+        async with open_live_server(app) as server:
+            task_status.started(server.url)
+            await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+        url: str = await nursery.start(serve_until_stopped)
+
+        def browse() -> tuple[str, str]:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(20_000)
+                    page.goto(f"{url}/admin/tasks/")
+                    page.wait_for_selector('#contact[data-state="live"]')
+                    live = page.inner_text("#contact")
+                    trio.from_thread.run_sync(stop.set)  # the server goes away
+                    # Within a few seconds (3 s without an answer, at this interval).
+                    page.wait_for_selector('#contact[data-state="lost"]')
+                    lost = page.inner_text("#contact")
+                finally:
+                    browser.close()
+            return live, lost
+
+        live, lost = await trio.to_thread.run_sync(browse)
+    assert live.startswith(f"Showing worker pid {os.getpid()}; last heard from the server ")
+    assert lost.startswith("Lost contact with the server: no answer for ")
+    assert lost.endswith(f"what is shown is worker pid {os.getpid()} as of then.")

@@ -1,5 +1,3 @@
-import sys
+from ._cli import leave, main
 
-from ._cli import main
-
-sys.exit(main())
+leave(main())

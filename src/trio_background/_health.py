@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from typing import TYPE_CHECKING
+
+import trio
 
 from ._middleware import supervisor_from_scope
 
@@ -18,7 +21,33 @@ if TYPE_CHECKING:
     from ._asgi import ASGIApp, Receive, Scope, Send
     from ._supervisor import Supervisor
 
-__all__ = ["health"]
+__all__ = ["health", "is_stopping", "mark_stopping"]
+
+# The supervisors whose server was asked to stop, in this trio run: with a
+# shutdown delay, that comes before shutdown proper (the batch deadline).
+_STOPPING: trio.lowlevel.RunVar[weakref.WeakSet[Supervisor]] = trio.lowlevel.RunVar(
+    "trio_background.stopping"
+)
+
+
+def _stopping() -> weakref.WeakSet[Supervisor]:
+    try:
+        return _STOPPING.get()
+    except LookupError:
+        stopping: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+        _STOPPING.set(stopping)
+        return stopping
+
+
+def mark_stopping(supervisor: Supervisor) -> None:
+    """Say that ``supervisor``'s server will stop (readiness fails from now on)."""
+    _stopping().add(supervisor)
+
+
+def is_stopping(supervisor: Supervisor) -> bool:
+    """Whether ``supervisor``'s server was asked to stop, or its shutdown began."""
+    return supervisor.shutting_down or supervisor in _stopping()
+
 
 _HEADERS = [
     (b"content-type", b"application/json"),
@@ -50,11 +79,12 @@ class _Health:
             return
         supervisor = self._supervisor or supervisor_from_scope(scope)
         statistics = supervisor.statistics()
+        stopping = statistics.shutting_down or supervisor in _stopping()
         body: dict[str, object] = {
-            "status": "shutting down" if statistics.shutting_down else "serving",
+            "status": "shutting down" if stopping else "serving",
             **dataclasses.asdict(statistics),
         }
-        status = 503 if statistics.shutting_down else 200
+        status = 503 if stopping else 200
         await _respond(send, status, body, head=method == "HEAD", allow=False)
 
 
@@ -84,9 +114,10 @@ def health(supervisor: Supervisor | None = None) -> ASGIApp:
 
     It answers ``GET`` (and ``HEAD``) with 200 and the supervisor's
     statistics as JSON while serving, and with 503 from the moment shutdown
-    begins (``supervisor.shutting_down``): with :func:`serve`'s
-    ``shutdown_delay``, load balancers see the 503 while the server still
-    accepts, and stop routing to it before it stops.
+    is asked for (the first signal to :func:`serve`, or
+    ``supervisor.shutting_down``): with :func:`serve`'s ``shutdown_delay``,
+    load balancers see the 503 while the server still accepts (and before
+    the batch deadline is set), and stop routing to it before it stops.
 
     Mount it in the app that the middleware wraps::
 

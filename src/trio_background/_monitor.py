@@ -30,6 +30,7 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -139,6 +140,8 @@ def tasks_page(supervisor: Supervisor, *, limit: int, after: str | None) -> dict
     active, cursor = supervisor.active_page(after=after, limit=limit)
     deadline_in = supervisor.time_until_deadline() if statistics.shutting_down else None
     return {
+        # Which process answered: with --workers, each poll may reach another.
+        "pid": os.getpid(),
         "shutting_down": statistics.shutting_down,
         "deadline_in": deadline_in,
         "counts": dict(statistics.counts),
@@ -272,7 +275,8 @@ _STYLE = """
   .state-completed { color: #272; }
   .state-handed_off { color: #247; }
   #shutdown { display: none; padding: 8px; background: #fde; border: 1px solid #b22; }
-  #counts, #shown { color: #555; }
+  #counts, #shown, #contact { color: #555; }
+  #contact.lost { color: #b22; font-weight: bold; }
   nav { margin-bottom: 2em; }
 """
 
@@ -282,12 +286,37 @@ const config = document.body.dataset;
 const TASKS_URL = config.tasksUrl;
 const INTERVAL = Number(config.interval);
 const LIMIT = Number(config.limit);
-const MAX_DELAY = 30000;
 let after = null;  // the cursor of the page shown; null: the first page
 let pages = [];    // the cursors before it, for "previous"
 let next = null;
 let delay = INTERVAL;
 let timer = null;
+// When the server last answered (this page's clock), and which process did.
+let heard = null;
+let pid = null;
+let failure = null;
+// No answer for this long: the page says it lost contact (and shows old data).
+const STALE = Math.max(3000, 3 * INTERVAL);
+function describeContact() {
+  if (document.visibilityState === "hidden") return;
+  const contact = document.getElementById("contact");
+  if (heard === null) {
+    contact.textContent = failure ? "No answer from the server yet (" + failure + ")." : "";
+    contact.className = failure ? "lost" : "";
+    return;
+  }
+  const ago = (Date.now() - heard) / 1000;
+  const lost = ago * 1000 > STALE;
+  contact.className = lost ? "lost" : "";
+  contact.dataset.state = lost ? "lost" : "live";
+  contact.textContent = lost
+    ? "Lost contact with the server: no answer for " + ago.toFixed(0) + " s" +
+      (failure ? " (" + failure + ")" : "") + "; what is shown is worker pid " + pid +
+      " as of then."
+    : "Showing worker pid " + pid + "; last heard from the server " + ago.toFixed(1) +
+      " s ago.";
+}
+setInterval(describeContact, 1000);
 function cell(text) {
   const td = document.createElement("td"); td.textContent = text ?? ""; return td;
 }
@@ -348,14 +377,20 @@ async function refresh() {
   const query = new URLSearchParams({limit: String(LIMIT)});
   if (after !== null) query.set("after", after);
   try {
-    const response = await fetch(TASKS_URL + "?" + query, {cache: "no-store"});
-    if (!response.ok) throw new Error(String(response.status));
-    show(await response.json());
+    const response = await fetch(
+      TASKS_URL + "?" + query, {cache: "no-store", signal: AbortSignal.timeout(STALE)});
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const data = await response.json();
+    show(data);
+    heard = Date.now(); pid = data.pid; failure = null;
     delay = INTERVAL;
   } catch (e) {
-    // The server may be restarting: try again, less and less often.
-    delay = Math.min(MAX_DELAY, delay * 2);
+    // The server may be restarting: try again, less and less often (at most
+    // every STALE ms, so the page notices when it answers again).
+    failure = e instanceof Error ? e.message : String(e);
+    delay = Math.min(STALE, delay * 2);
   }
+  describeContact();
   schedule(delay);
 }
 document.getElementById("next").addEventListener("click", () => {
@@ -400,6 +435,7 @@ _PAGE = (
 </head>
 <body data-tasks-url="__TASKS_URL__" data-interval="__INTERVAL__" data-limit="__LIMIT__">
 <h1>Background tasks</h1>
+<p id="contact"></p>
 <p id="counts"></p>
 <p id="shutdown"></p>
 <h2>Running and pending</h2>

@@ -9,10 +9,11 @@ requests one second after the batch deadline: never before, never later.
 
 Order of events, however the server stops:
 
-1. shutdown begins: the supervisor sets the batch deadline (health checks
-   answer 503 from here on);
-2. after ``shutdown_delay`` seconds, Hypercorn stops accepting and lets
-   in-flight requests finish;
+1. shutdown is asked for (a signal, the trigger): health checks answer 503
+   from here on;
+2. after ``shutdown_delay`` seconds (counted from the signal's arrival),
+   shutdown proper begins: the supervisor sets the batch deadline, and
+   Hypercorn stops accepting and lets in-flight requests finish;
 3. batches end by the deadline (drained, or cut);
 4. lifespan shutdown runs; the report is logged and returned.
 
@@ -25,41 +26,90 @@ deadline, logs the report and then propagates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
+import inspect
+import math
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app  # pyright: ignore[reportUnknownVariableType]
 
+from ._health import mark_stopping
 from ._middleware import BackgroundTasksMiddleware
 from ._supervisor import Mode, Supervisor, check_mode, check_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+    from types import FrameType
 
     from ._asgi import ASGIApp, Message, Receive, Scope, Send
     from ._backend import DurableBackend
     from ._records import ShutdownReport
 
-__all__ = ["ShutdownControl", "serve", "serve_middleware", "wrap"]
+__all__ = [
+    "ShutdownControl",
+    "serve",
+    "serve_middleware",
+    "signal_arrivals",
+    "trio_time_of",
+    "unhook_signal_wakeup",
+    "watch_signals",
+    "wrap",
+]
 
 # Time after the batch deadline for cut tasks to run their cleanup before
 # Hypercorn's own deadline cancels the connections (and the requests in them).
 CLEANUP_MARGIN = 1.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
+
+
+class _BeginShutdown(Protocol):
+    """``Supervisor.begin_shutdown`` once it takes the moment shutdown was asked for."""
+
+    def __call__(
+        self,
+        *,
+        mode: Mode | None = ...,
+        drain_timeout: float | None = ...,
+        cause: str | None = ...,
+        started_at: float | None = ...,
+    ) -> None: ...
+
+
+def _takes_started_at(supervisor: Supervisor) -> bool:
+    return "started_at" in inspect.signature(supervisor.begin_shutdown).parameters
+
+
+def trio_time_of(arrival: float) -> float:
+    """The time on trio's clock of ``arrival``, a :func:`time.monotonic` reading.
+
+    The monotonic clock is the system's, so a reading taken in a signal
+    handler, or in another process, converts: trio's now minus the time
+    elapsed since (never in the future).
+    """
+    return trio.current_time() - max(0.0, time.monotonic() - arrival)
 
 
 class ShutdownControl:
-    """Starts one server's shutdown: the deadline first, then stop accepting.
+    """Starts one server's shutdown: ready no more, then the deadline, then stop accepting.
 
-    ``request()`` sets the batch deadline at once (so health checks fail
-    from that moment) and lets Hypercorn stop accepting ``delay`` seconds
-    later; ``escalate()`` (a second signal) cuts the drain and the delay
-    short.
+    ``request()`` marks the server as stopping at once (health checks answer
+    503 from that moment); shutdown proper (the batch deadline, then
+    Hypercorn's graceful stop) begins ``delay`` seconds later, counted from
+    when the request arrived. ``escalate()`` (a second signal) ends the delay,
+    cuts the batches now and in-flight request handlers one
+    ``CLEANUP_MARGIN`` later.
+
+    Times (``at=``) are on trio's clock: when the signal arrived, which may
+    be earlier than now if the event loop was blocked.
     """
 
     def __init__(
@@ -70,63 +120,145 @@ class ShutdownControl:
         delay: float,
         *,
         freeze_gc: bool = False,
+        cleanup_margin: float = CLEANUP_MARGIN,
     ) -> None:
         self.middleware = middleware
         self.mode: Mode | None = mode
         self.drain_timeout = drain_timeout
         self.delay = delay
         self.freeze_gc = freeze_gc
+        self.cleanup_margin = cleanup_margin
         self._frozen = False
         self.requested = trio.Event()
+        self._requested_at = math.inf
+        self._cause = "signal"
+        self._begun = False
         self._hurry = trio.Event()
         self._signals = 0
+        # In-flight request handlers (see handle()), cut at cut_at.
+        self._handlers: set[trio.CancelScope] = set()
+        self._handlers_done: trio.Event | None = None
+        self.cut_at = math.inf
 
     @property
     def supervisor(self) -> Supervisor:
         # Read at each use: the middleware may adopt an inner one's at startup.
         return self.middleware.supervisor
 
-    def request(self, cause: str) -> None:
-        """Begin shutdown now, for ``cause`` (only the first call counts)."""
+    def request(self, cause: str, *, at: float | None = None) -> None:
+        """Shutdown is asked for, at ``at`` (None: now); only the first call counts.
+
+        Health checks fail from now on; the batch deadline is set now, or at
+        the end of the shutdown delay.
+        """
         if self.requested.is_set():
             return
+        now = trio.current_time()
+        self._requested_at = now if at is None else min(at, now)
+        self._cause = cause
+        mark_stopping(self.supervisor)
+        self.requested.set()
+        if self.delay <= 0:
+            self.begin()
+
+    def begin(self, *, at: float | None = None) -> None:
+        """Begin shutdown proper (the batch deadline) if it has not begun.
+
+        ``at``: when it begins (the end of the delay; None: when the
+        request came if there is no delay, else now).
+        """
+        self.request("server stop")
+        if self._begun:
+            return
+        self._begun = True
+        if at is None:
+            at = self._requested_at if self.delay <= 0 else trio.current_time()
         if self.freeze_gc and not self._frozen:
             # Process-wide, so only when asked (freeze_gc=True, --freeze-gc):
             # what lives now leaves the collector's sight, and cutting many
             # pending tasks no longer costs full collections over all of them.
             gc.freeze()
             self._frozen = True
-        self.supervisor.begin_shutdown(
-            mode=self.mode, drain_timeout=self.drain_timeout, cause=cause
+        self._begin_shutdown(mode=self.mode, drain_timeout=self.drain_timeout, at=at)
+        self._cut_handlers_after_deadline()
+
+    def _begin_shutdown(self, *, mode: Mode | None, drain_timeout: float | None, at: float) -> None:
+        supervisor = self.supervisor
+        if _takes_started_at(supervisor):
+            begin = cast("_BeginShutdown", supervisor.begin_shutdown)
+            begin(mode=mode, drain_timeout=drain_timeout, cause=self._cause, started_at=at)
+        else:  # a core whose deadline counts from now
+            supervisor.begin_shutdown(mode=mode, drain_timeout=drain_timeout, cause=self._cause)
+
+    def escalate(self, cause: str = "signal", *, at: float | None = None) -> None:
+        """Cut the batches now (from ``at``), end the delay, cut handlers soon after."""
+        self.request(cause, at=at)
+        self.begin()
+        now = trio.current_time()
+        self._begin_shutdown(
+            mode="cancel", drain_timeout=None, at=now if at is None else min(at, now)
         )
-        self.requested.set()
-
-    def escalate(self, cause: str = "signal") -> None:
-        """Cut the batches now and stop accepting at once."""
-        self.request(cause)
-        self.supervisor.begin_shutdown(mode="cancel")
         self._hurry.set()
+        self._cut_handlers_after_deadline()
 
-    def signal(self) -> None:
-        """A SIGINT/SIGTERM: the first begins shutdown, later ones escalate."""
+    def signal(self, *, at: float | None = None) -> None:
+        """A SIGINT/SIGTERM (arrived at ``at``): the first begins shutdown, later ones escalate."""
         self._signals += 1
         if self._signals == 1:
-            self.request("signal")
+            self.request("signal", at=at)
         else:
-            self.escalate()
+            self.escalate(at=at)
 
     def thaw(self) -> None:
-        """Undo the freeze of :meth:`request`, if it froze (the server has stopped)."""
+        """Undo the freeze of :meth:`begin`, if it froze (the server has stopped)."""
         if self._frozen:
             self._frozen = False
             gc.unfreeze()
 
     async def stop_accepting(self) -> None:
-        """Return when Hypercorn should stop accepting (after the delay)."""
+        """Return when Hypercorn should stop accepting: shutdown proper has begun."""
         await self.requested.wait()
         if self.delay > 0:
-            with trio.move_on_after(self.delay):
+            end = self._requested_at + self.delay
+            with trio.move_on_at(end):
                 await self._hurry.wait()
+            self.begin(at=min(end, trio.current_time()))
+
+    def _cut_handlers_after_deadline(self) -> None:
+        cut_at = trio.current_time() + self.supervisor.time_until_deadline() + self.cleanup_margin
+        if cut_at < self.cut_at:
+            self.cut_at = cut_at
+            for scope in self._handlers:
+                scope.deadline = cut_at
+
+    def handle(self, app: ASGIApp) -> ASGIApp:
+        """``app`` with each request's (or websocket's) call cut at :attr:`cut_at`.
+
+        Hypercorn cuts connections once, at the graceful timeout it read
+        when it stopped accepting; a second signal brings the cut closer,
+        which only this can do.
+        """
+
+        async def handled(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "lifespan":
+                await app(scope, receive, send)
+                return
+            with trio.CancelScope(deadline=self.cut_at) as cut:
+                self._handlers.add(cut)
+                try:
+                    await app(scope, receive, send)
+                finally:
+                    self._handlers.discard(cut)
+                    if not self._handlers and self._handlers_done is not None:
+                        self._handlers_done.set()
+
+        return handled
+
+    async def wait_handlers_done(self) -> None:
+        """Return once no request handler (nor the batch it runs) is in flight."""
+        while self._handlers:
+            self._handlers_done = trio.Event()
+            await self._handlers_done.wait()
 
 
 def wrap(
@@ -168,13 +300,18 @@ async def serve(
             shutdown by the time until the batch deadline plus one second.
         mode: ``"drain"`` or ``"cancel"``; None uses the middleware's.
         drain_timeout: Seconds to drain; None uses the middleware's.
-        shutdown_delay: Seconds to keep accepting connections after shutdown
-            began (health checks answer 503 meanwhile, so load balancers stop
-            routing here first). The batch deadline still counts from the
-            moment shutdown began. A second signal ends the delay.
+        shutdown_delay: Seconds to keep accepting connections after the
+            first signal (or the trigger): health checks answer 503 meanwhile,
+            so load balancers stop routing here first, and batches run as
+            usual (in both modes: a request answered meanwhile keeps its
+            work). Shutdown proper, and the batch deadline, begin when the
+            delay ends. A second signal ends the delay and cuts at once.
         shutdown_trigger: Shutdown starts when this returns.
         handle_signals: Start shutdown on SIGINT or SIGTERM (main thread
-            only). A second signal during a drain cuts it short (cancel).
+            only); the deadline counts from the signal's arrival, even when
+            a task blocked the event loop then. A second signal cuts the
+            batches at once (cancel) and in-flight request handlers one
+            second later.
         backend: A durable backend for the middleware that ``serve`` adds
             (see :class:`BackgroundTasksMiddleware`); the app must not be
             wrapped already.
@@ -225,19 +362,99 @@ async def serve(
     return await serve_middleware(middleware, config, control, watch, task_status=task_status)
 
 
+class _Arrivals:
+    """Each SIGINT/SIGTERM's arrival time, as an async iterator (see signal_arrivals)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def wake(self) -> None:
+        self._lot.unpark_all()
+
+    def __aiter__(self) -> _Arrivals:
+        return self
+
+    async def __anext__(self) -> float:
+        while not self.times:
+            await self._lot.park()
+        return self.times.pop(0)
+
+
+@contextlib.contextmanager
+def signal_arrivals() -> Generator[AsyncIterator[float]]:
+    """SIGINT and SIGTERM as the :func:`time.monotonic` time each arrived.
+
+    Like :func:`trio.open_signal_receiver`, but the handler notes when the
+    signal arrived: Python runs it as soon as the main thread runs Python
+    code again (even inside a task that blocks the event loop with
+    ``time.sleep``), while trio learns of it only when its loop runs. Main
+    thread only.
+    """
+    token = trio.lowlevel.current_trio_token()
+    arrivals = _Arrivals()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        arrivals.times.append(time.monotonic())
+        token.run_sync_soon(arrivals.wake, idempotent=True)
+
+    previous = {number: signal.signal(number, handler) for number in _SIGNALS}
+    try:
+        yield arrivals
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 async def watch_signals(
-    control: ShutdownControl, signalled_before: Callable[[], bool] | None = None
+    control: ShutdownControl, signalled_before: Callable[[], float | None] | None = None
 ) -> None:
     """Feed SIGINT/SIGTERM to ``control`` for as long as this runs.
 
-    ``signalled_before()``: whether a signal came before this watched (the
-    command line's own handler saw it); it then counts as the first.
+    ``signalled_before()``: when a signal came before this watched (the
+    command line's own handler saw it, a :func:`time.monotonic` time), or
+    None; it then counts as the first.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        if signalled_before is not None and signalled_before():
-            control.signal()
-        async for _ in received:
-            control.signal()
+    with signal_arrivals() as arrivals:
+        if signalled_before is not None and (first := signalled_before()) is not None:
+            control.signal(at=trio_time_of(first))
+        async for arrived in arrivals:
+            control.signal(at=trio_time_of(arrived))
+
+
+async def unhook_signal_wakeup(main: Callable[[], Awaitable[T]]) -> T:
+    """``await main()``, then stop signals writing to trio's wakeup socket.
+
+    For a program's whole ``trio.run`` (the command line's): when the run
+    ends, trio closes its wakeup socket before it unhooks it from Python's C
+    signal handler, so a signal arriving in between printed "Exception
+    ignored when trying to write to the signal wakeup fd ... Bad file
+    descriptor" (or Broken pipe) with a traceback. Unhooked here, in the
+    main thread, before trio closes anything, signals only reach the Python
+    handler that comes next (the command line's guard).
+    """
+    try:
+        return await main()
+    finally:
+        signal.set_wakeup_fd(-1)
+
+
+def _connections_nursery() -> list[trio.Nursery]:
+    """The nursery of Hypercorn's connections, seen from its shutdown trigger.
+
+    Hypercorn's ``worker_serve`` opens three nurseries, in this order: the
+    lifespan's, the connections' (``server_nursery``) and the one that runs
+    the trigger. Found through trio's public task tree; if Hypercorn's shape
+    is not that, nothing (its graceful timeout alone then ends connections).
+    """
+    ours = trio.lowlevel.current_task().parent_nursery
+    owner = None if ours is None else ours.parent_task
+    if ours is None or owner is None:
+        return []
+    nurseries = owner.child_nurseries
+    if len(nurseries) != 3 or nurseries[2] is not ours:
+        return []
+    return [nurseries[1]]
 
 
 def _watch_startup(app: ASGIApp, started: trio.Event) -> ASGIApp:
@@ -276,8 +493,11 @@ async def serve_middleware(
     """
     server_config = copy.copy(config)
     stopped = trio.Event()
+    connections: list[trio.Nursery] = []
+    accepting_stopped = trio.Event()
 
     async def hypercorn_trigger() -> None:
+        connections.extend(_connections_nursery())
         try:
             await control.stop_accepting()
         finally:
@@ -286,13 +506,28 @@ async def serve_middleware(
             control.request(
                 "max_requests" if server_config.max_requests is not None else "server stop"
             )
+            control.begin()
             remaining = control.supervisor.time_until_deadline()
-            server_config.graceful_timeout = remaining + CLEANUP_MARGIN
+            server_config.graceful_timeout = remaining + control.cleanup_margin
+            accepting_stopped.set()
+
+    async def close_connections_when_done() -> None:
+        # Hypercorn waits for every connection until its graceful timeout, and
+        # a keep-alive client that sent its next request while the batch ran
+        # (the response was over) leaves one parked for good after Hypercorn
+        # closed it. Once no request handler (nor its batch) is left, the
+        # connections hold nothing worth waiting for: close them now, so the
+        # server stops at the deadline, not one second after it.
+        await accepting_stopped.wait()
+        await control.wait_handlers_done()
+        for nursery in connections:
+            nursery.cancel_scope.cancel()
 
     async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
         # Hypercorn's type for an ASGI app is a union of TypedDict callables
         # that no plain (scope, receive, send) app matches exactly.
-        asgi_app: Any = middleware if started is None else _watch_startup(middleware, started)
+        handled = control.handle(middleware)
+        asgi_app: Any = handled if started is None else _watch_startup(handled, started)
         try:
             with trio.CancelScope(shield=True):
                 await worker_serve(
@@ -307,6 +542,7 @@ async def serve_middleware(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, control)
+        nursery.start_soon(close_connections_when_done)
         try:
             binds: list[str] = await nursery.start(run_server)
             task_status.started(binds)
@@ -315,6 +551,7 @@ async def serve_middleware(
             if not stopped.is_set():
                 # serve() itself was cancelled: the same shutdown, then report.
                 control.request("cancellation")
+                control.begin()
                 with trio.CancelScope(shield=True):
                     await stopped.wait()
                 control.supervisor.close()

@@ -12,8 +12,16 @@ them: per-worker sections and summed counts.
 
 A worker that dies while serving is logged and replaced; one that dies
 before it was ready means the app cannot start, and the whole server stops
-(exit 1). After the first signal, a worker still running at the deadline
-plus the cleanup margin plus ``EXIT_SLACK`` is killed and reported so.
+(exit 1). After the first signal, a worker still running ``KILL_AFTER``
+seconds after the batch deadline is killed and reported so (the whole
+process tree then exits by the deadline + 1 s). Workers cut in-flight
+request handlers ``WORKER_CLEANUP_MARGIN`` after the deadline, before that.
+
+The merged report never passes a missing worker off as an idle one: a
+worker that died, was killed or left no report makes the parent exit 1, and
+the report's ``lost`` lists each such worker with the reason and what it
+last said it had in flight (``tasks_active``, and the first
+``LOST_SAMPLE`` of those tasks' records); ``lost_tasks`` sums them.
 """
 
 from __future__ import annotations
@@ -25,14 +33,24 @@ import logging
 import multiprocessing
 import signal
 import sys
+import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._cli import leave
 from ._loading import LoadError, check_asgi, load_object
 from ._records import FINAL_STATES, ShutdownReport
-from ._serve import CLEANUP_MARGIN, ShutdownControl, serve_middleware, wrap
+from ._serve import (
+    ShutdownControl,
+    serve_middleware,
+    signal_arrivals,
+    trio_time_of,
+    unhook_signal_wakeup,
+    wrap,
+)
 from ._supervisor import DEFAULT_DRAIN_TIMEOUT
 
 if TYPE_CHECKING:
@@ -49,9 +67,15 @@ __all__ = ["WorkerSpec", "run_workers", "worker_main"]
 
 logger = logging.getLogger("trio_background")
 
-# Seconds after the last cut for a worker to log, write its report and exit.
-EXIT_SLACK = 2.0
-STATS_INTERVAL = 1.0
+# Seconds after the batch deadline: a worker cuts in-flight request handlers,
+# then the parent kills what still runs, leaving itself the rest of the second
+# to merge, write the report and exit.
+WORKER_CLEANUP_MARGIN = 0.5
+KILL_AFTER = 0.8
+# How often a worker tells the parent what it has in flight, and how many of
+# its unfinished tasks' records it sends (what `lost` lists if it dies).
+STATS_INTERVAL = 0.25
+LOST_SAMPLE = 50
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -87,15 +111,28 @@ def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str
     for sock in (*spec.sockets.secure_sockets, *spec.sockets.insecure_sockets):
         sock.listen(spec.config.backlog)
     report = trio.run(_serve_worker, spec, wrap(app, backend), conn)
-    Path(report_path).write_text(report.to_json(indent=None))
+    try:
+        Path(report_path).write_text(report.to_json(indent=None))
+    except OSError as exc:
+        logger.error("worker %d: cannot write its report to %s: %s", index, report_path, exc)
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"cannot write its report: {exc}"))
+        conn.close()
+        leave(1)
     conn.close()
+    leave(0)  # as the command line does: no teardown past the deadline
 
 
 async def _serve_worker(
     spec: WorkerSpec, middleware: BackgroundTasksMiddleware, conn: Connection
 ) -> ShutdownReport:
     control = ShutdownControl(
-        middleware, spec.mode, spec.drain_timeout, spec.shutdown_delay, freeze_gc=spec.freeze_gc
+        middleware,
+        spec.mode,
+        spec.drain_timeout,
+        spec.shutdown_delay,
+        freeze_gc=spec.freeze_gc,
+        cleanup_margin=WORKER_CLEANUP_MARGIN,
     )
 
     async def listen(control: ShutdownControl) -> None:
@@ -106,14 +143,19 @@ async def _serve_worker(
             except EOFError:  # the parent is gone: stop as if it had said so
                 control.request("parent process gone")
                 return
+            # The parent's signal's arrival, on the system's monotonic clock.
             if message[0] == "shutdown":
-                control.request("signal")
+                control.request("signal", at=trio_time_of(message[1]))
             elif message[0] == "escalate":
-                control.escalate()
+                control.escalate(at=trio_time_of(message[1]))
 
     async def report_statistics() -> None:
         while True:
-            statistics = dataclasses.asdict(control.supervisor.statistics())
+            supervisor = control.supervisor
+            statistics = dataclasses.asdict(supervisor.statistics())
+            active, _ = supervisor.active_page(limit=LOST_SAMPLE)
+            statistics["active_sample"] = [record.to_dict() for record in active]
+            statistics["sent_at"] = time.monotonic()
             with contextlib.suppress(OSError):
                 conn.send(("stats", statistics))
             await trio.sleep(STATS_INTERVAL)
@@ -156,6 +198,8 @@ class _Worker:
     ready: dict[str, Any] | None = None
     last_known: dict[str, Any] | None = None
     fate: str = "running"
+    failure: str | None = None
+    ended_at: float | None = None
 
     def send(self, *message: object) -> None:
         with contextlib.suppress(OSError):
@@ -164,15 +208,47 @@ class _Worker:
     def section(self) -> dict[str, Any]:
         report: dict[str, Any] | None = None
         if self.fate == "exited":
-            with contextlib.suppress(OSError, ValueError):
+            try:
                 report = json.loads(self.report_path.read_text())
+            except (OSError, ValueError) as exc:
+                self.failure = self.failure or f"its report could not be read: {exc}"
+        last_known = None
+        if self.last_known is not None:
+            last_known = {k: v for k, v in self.last_known.items() if k != "active_sample"}
         return {
             "worker": self.index,
             "pid": self.process.pid,
             "exit_code": self.process.exitcode,
             "fate": self.fate if report is not None or self.fate != "exited" else "no report",
-            "last_known": self.last_known,
+            "last_known": last_known,
             "report": report,
+        }
+
+    def lost(self) -> dict[str, Any]:
+        """What is known of the tasks of a worker that left no report."""
+        code = self.process.exitcode
+        if self.fate == "died":
+            reason = f"the worker died (exit code {code}) while serving"
+        elif self.fate == "killed":
+            reason = "the worker was still running at the exit deadline: killed"
+        else:
+            reason = f"the worker exited with code {code} and left no report"
+            if self.failure:
+                reason += f" ({self.failure})"
+        known = self.last_known
+        as_of = None
+        if known is not None and self.ended_at is not None:
+            as_of = round(max(0.0, self.ended_at - known["sent_at"]), 3)
+        return {
+            "worker": self.index,
+            "pid": self.process.pid,
+            "reason": reason,
+            # What it last said (as_of seconds before it ended); None: nothing yet.
+            "as_of": as_of,
+            "tasks_active": None if known is None else known.get("tasks_active"),
+            "batches_running": None if known is None else known.get("batches_running"),
+            "counts": None if known is None else known.get("counts"),
+            "tasks": [] if known is None else known.get("active_sample", []),
         }
 
 
@@ -188,6 +264,7 @@ class _Parent:
         self.failed = False
         self.exit_by = float("inf")
         self.exit_changed = trio.Event()
+        self.signal_at = 0.0
 
     def spawn(self, index: int) -> _Worker:
         ours, theirs = self.context.Pipe()
@@ -211,7 +288,7 @@ class _Parent:
         self.workers.append(worker)
         self.live.add(worker)
         if self.shutting_down:
-            worker.send("shutdown")
+            worker.send("shutdown", self.signal_at)
         return worker
 
     async def slot(self, index: int) -> None:
@@ -261,24 +338,31 @@ class _Parent:
                 worker.ready = data
             elif kind == "stats":
                 worker.last_known = data
+            elif kind == "failed":
+                worker.failure = data
         conn.close()
         await trio.lowlevel.wait_readable(worker.process.sentinel)
         worker.process.join()
+        worker.ended_at = time.monotonic()
         if worker.fate == "running":
             worker.fate = "exited"
 
-    def begin_shutdown(self) -> None:
+    def begin_shutdown(self, arrived: float | None = None) -> None:
+        """The first signal, which arrived at ``arrived`` (monotonic; None: now)."""
         if self.shutting_down:
             return
         self.shutting_down = True
+        self.signal_at = time.monotonic() if arrived is None else arrived
         for worker in self.live:
-            worker.send("shutdown")
-        self._exit_within(max(self.spec.shutdown_delay, self._deadline_in()) + CLEANUP_MARGIN)
+            worker.send("shutdown", self.signal_at)
+        # The deadline counts from the end of the delay (in both modes).
+        self._exit_within(self.spec.shutdown_delay + self._deadline_in() + KILL_AFTER, arrived)
 
-    def escalate(self) -> None:
+    def escalate(self, arrived: float | None = None) -> None:
+        arrived = time.monotonic() if arrived is None else arrived
         for worker in self.live:
-            worker.send("escalate")
-        self._exit_within(CLEANUP_MARGIN)
+            worker.send("escalate", arrived)
+        self._exit_within(KILL_AFTER, arrived)
 
     def _deadline_in(self) -> float:
         """Seconds from now to the batch deadline (the longest the workers said)."""
@@ -290,8 +374,9 @@ class _Parent:
             return self.spec.drain_timeout
         return max((p["drain_timeout"] for p in policies), default=DEFAULT_DRAIN_TIMEOUT)
 
-    def _exit_within(self, seconds: float) -> None:
-        self.exit_by = min(self.exit_by, trio.current_time() + seconds + EXIT_SLACK)
+    def _exit_within(self, seconds: float, arrived: float | None) -> None:
+        start = trio.current_time() if arrived is None else trio_time_of(arrived)
+        self.exit_by = min(self.exit_by, start + seconds)
         self.exit_changed.set()
         self.exit_changed = trio.Event()
 
@@ -312,10 +397,10 @@ class _Parent:
                 worker.process.kill()
             return
 
-    async def run(self, signalled_before: Callable[[], bool]) -> None:
-        with trio.open_signal_receiver(*_SIGNALS) as signals:
-            if signalled_before():  # a signal came while this process was starting
-                self.begin_shutdown()
+    async def run(self, signalled_before: Callable[[], float | None]) -> None:
+        with signal_arrivals() as signals:
+            if (arrived := signalled_before()) is not None:  # while this process started
+                self.begin_shutdown(arrived)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals)
                 nursery.start_soon(self.kill_late)
@@ -324,12 +409,12 @@ class _Parent:
                         slots.start_soon(self.slot, index)
                 nursery.cancel_scope.cancel()
 
-    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
-        async for _ in signals:
+    async def _watch_signals(self, signals: AsyncIterator[float]) -> None:
+        async for arrived in signals:
             if self.shutting_down:
-                self.escalate()
+                self.escalate(arrived)
             else:
-                self.begin_shutdown()
+                self.begin_shutdown(arrived)
 
 
 def _describe_statistics(statistics: dict[str, Any] | None) -> str:
@@ -374,30 +459,42 @@ def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_workers(
-    spec: WorkerSpec, count: int, folder: Path, signalled_before: Callable[[], bool]
+    spec: WorkerSpec, count: int, folder: Path, signalled_before: Callable[[], float | None]
 ) -> tuple[dict[str, Any], bool]:
     """Run ``count`` workers until shutdown; the merged report and whether all went well.
 
-    ``signalled_before()`` says whether SIGINT/SIGTERM came before this
-    process watched them (shutdown then begins at once).
+    ``signalled_before()``: when SIGINT/SIGTERM came before this process
+    watched them (a monotonic time; shutdown then begins at once), or None.
+    All went well when no worker died, was killed or left no report.
     """
     parent = _Parent(spec, count, folder)
-    trio.run(parent.run, signalled_before)
+    trio.run(unhook_signal_wakeup, partial(parent.run, signalled_before))
     workers = sorted(parent.workers, key=lambda w: w.index)  # stable: spawn order within
     sections = [worker.section() for worker in workers]
     merged = merge(sections)
+    # A worker that never got ready (the app cannot start) had nothing to lose.
+    lost = [
+        worker.lost()
+        for worker, section in zip(workers, sections, strict=True)
+        if worker.ready is not None and section["report"] is None
+    ]
+    merged["lost"] = lost
+    merged["lost_tasks"] = sum(entry["tasks_active"] or 0 for entry in lost)
     summary = ShutdownReport(
         mode=merged["mode"],
         cause=merged["cause"],
         drain_timeout=merged["drain_timeout"],
         counts=merged["counts"],
     ).summary()
-    lost = [s for s in sections if s["report"] is None]
-    line = f"{count} workers: {summary}" + (
-        f"; {len(lost)} worker processes left no report" if lost else ""
-    )
-    if merged["counts"].get("completed", 0) == merged["total"] and not lost:
+    line = f"{count} workers: {summary}"
+    if lost:
+        line += (
+            f"; {len(lost)} worker processes left no report, with "
+            f"{merged['lost_tasks']} tasks in flight when last heard from (see lost)"
+        )
+        logger.error("%s", line)
+    elif merged["counts"].get("completed", 0) == merged["total"]:
         logger.info("%s", line)
     else:
         logger.warning("%s", line)
-    return merged, not parent.failed
+    return merged, not parent.failed and not lost
