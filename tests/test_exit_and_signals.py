@@ -8,7 +8,6 @@ the processes print.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -18,8 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
-from trio_background import Supervisor
 
 from .processes import start_cli
 
@@ -138,14 +135,6 @@ async def test_cancel_mode_keeps_the_work_accepted_during_the_shutdown_delay(
     }  # fmt: skip
 
 
-_STARTED_AT = "started_at" in inspect.signature(Supervisor.begin_shutdown).parameters
-
-
-@pytest.mark.xfail(
-    not _STARTED_AT,
-    reason="needs Supervisor.begin_shutdown(started_at=...) from the core",
-    strict=True,
-)
 async def test_the_deadline_counts_from_the_signal_even_when_the_loop_was_blocked(
     tmp_path: Path,
 ) -> None:

@@ -50,6 +50,25 @@ class Ledger:
         else:
             self._recent[raw.state].append(raw)
 
+    def late(self, deadline: float) -> list[RawRecord]:
+        """Stamp the overrun of tasks that ran and ended after ``deadline``, a deadline set late.
+
+        A signal that arrived while a task blocked the event loop is heard
+        only once the loop is free: the deadline counts from the signal, so a
+        task that ended between it and now overran it. Their records become
+        records shutdown cut (kept for good); the stamped ones are returned.
+        """
+        stamped: list[RawRecord] = []
+        for records in self._recent.values():
+            for i, raw in enumerate(records):
+                if raw.started is not None and raw.ended is not None and raw.ended > deadline:
+                    records[i] = raw._replace(overrun=raw.ended - deadline)
+                    stamped.append(records[i])
+        for raw in stamped:
+            self._recent[raw.state].remove(raw)
+            self._cut.append(raw)
+        return stamped
+
     @property
     def counts(self) -> dict[str, int]:
         """Exact number of ended tasks per final state (keys: the state values)."""

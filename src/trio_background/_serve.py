@@ -29,12 +29,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import inspect
 import math
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from hypercorn.config import Config, Sockets
@@ -69,23 +68,6 @@ __all__ = [
 CLEANUP_MARGIN = 1.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
-
-
-class _BeginShutdown(Protocol):
-    """``Supervisor.begin_shutdown`` once it takes the moment shutdown was asked for."""
-
-    def __call__(
-        self,
-        *,
-        mode: Mode | None = ...,
-        drain_timeout: float | None = ...,
-        cause: str | None = ...,
-        started_at: float | None = ...,
-    ) -> None: ...
-
-
-def _takes_started_at(supervisor: Supervisor) -> bool:
-    return "started_at" in inspect.signature(supervisor.begin_shutdown).parameters
 
 
 def trio_time_of(arrival: float) -> float:
@@ -183,12 +165,9 @@ class ShutdownControl:
         self._cut_handlers_after_deadline()
 
     def _begin_shutdown(self, *, mode: Mode | None, drain_timeout: float | None, at: float) -> None:
-        supervisor = self.supervisor
-        if _takes_started_at(supervisor):
-            begin = cast("_BeginShutdown", supervisor.begin_shutdown)
-            begin(mode=mode, drain_timeout=drain_timeout, cause=self._cause, started_at=at)
-        else:  # a core whose deadline counts from now
-            supervisor.begin_shutdown(mode=mode, drain_timeout=drain_timeout, cause=self._cause)
+        self.supervisor.begin_shutdown(
+            mode=mode, drain_timeout=drain_timeout, cause=self._cause, started_at=at
+        )
 
     def escalate(self, cause: str = "signal", *, at: float | None = None) -> None:
         """Cut the batches now (from ``at``), end the delay, cut handlers soon after."""

@@ -355,6 +355,7 @@ class Supervisor:
         mode: Mode | None = None,
         drain_timeout: float | None = None,
         cause: str | None = None,
+        started_at: float | None = None,
     ) -> None:
         """Set the batch deadline: now (cancel) or now + drain_timeout (drain).
 
@@ -366,6 +367,10 @@ class Supervisor:
             mode: Overrides the supervisor's mode for this shutdown.
             drain_timeout: Overrides the supervisor's drain timeout.
             cause: What started the shutdown, for the report (``"signal"``...).
+            started_at: When shutdown was asked for, on trio's clock, if
+                before now (a signal that arrived while a task blocked the
+                event loop): the deadline counts from then, and a task that
+                held the loop past it is recorded with its overrun.
 
         Raises:
             ValueError: ``mode`` or ``drain_timeout`` is out of range.
@@ -374,7 +379,7 @@ class Supervisor:
         mode = self.mode if mode is None else check_mode(mode)
         timeout = self.drain_timeout if drain_timeout is None else check_timeout(drain_timeout)
         state = self._state()
-        now = trio.current_time()
+        now = trio.current_time() if started_at is None else min(started_at, trio.current_time())
         deadline = now if mode == "cancel" else now + timeout
         if state.shutdown_started_at is None:
             state.shutdown_started_at = now
@@ -385,6 +390,18 @@ class Supervisor:
         state.mode = mode
         state.drain_timeout = timeout if mode == "drain" else None
         board.cut(deadline)
+        late = board.ledger.late(deadline) if deadline < trio.current_time() else []
+        for raw in late:
+            logger.warning(
+                "background task %s (%s.%s) ended %s %.3fs after the shutdown deadline, for "
+                "request %s: it blocked the event loop when the signal came",
+                raw.name,
+                raw.batch,
+                raw.task_index,
+                raw.state.value,
+                raw.overrun,
+                raw.request,
+            )
         logger.info(
             "shutdown: %s (%d batches open; batches opened later share the deadline)",
             "cancelling background tasks now"
