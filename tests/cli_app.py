@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import trio
 from fastapi import FastAPI, Request
 
-from trio_background import BackgroundTasksMiddleware, health
+from trio_background import BackgroundTasksMiddleware, health, supervisor_from_scope
 from trio_background.fastapi import BackgroundTasks
 
 app = FastAPI()
@@ -38,9 +38,15 @@ app.add_route("/health", health())
 
 
 @app.get("/pid")
-async def pid(background_tasks: BackgroundTasks) -> dict[str, int]:
-    background_tasks.add_task(sleeper, "long", 3600)
-    return {"pid": os.getpid()}
+async def pid(background_tasks: BackgroundTasks) -> dict[str, int | str | None]:
+    task = background_tasks.add_task(sleeper, "long", 3600)
+    return {"pid": os.getpid(), "task": task.id}
+
+
+@app.get("/status/{task_id}")
+async def status(request: Request, task_id: str) -> dict[str, str | int | None]:
+    record = supervisor_from_scope(request.scope).task(task_id)
+    return {"pid": os.getpid(), "id": None if record is None else record.id}
 
 
 @app.post("/hold")

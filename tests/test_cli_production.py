@@ -290,3 +290,31 @@ async def test_a_report_that_cannot_be_written_at_the_end_fails_the_exit(
     assert await server.finish() == 1, server.output
     assert f"cannot write the report to --report-json {report_path}: [Errno 21]" in (server.output)
     assert "Traceback" not in server.output
+
+
+async def test_task_ids_are_unique_across_workers_and_never_name_another_task(
+    tmp_path: Path,
+) -> None:
+    """Before: ``1.0, 2.0, 3.0`` from one pid and ``1.0, 2.0`` from the other, and a
+    status lookup of ``1.0`` answered with two different tasks, alternating."""
+    server = await start_cli("--workers", "2", "--mode", "cancel")
+    url = await server.url()
+    await server.wait_for(r"Running on", new=True)  # the second worker
+    owners: dict[str, int] = {}
+    for _ in range(200):  # new connections, until both workers gave ids
+        async with httpx.AsyncClient(base_url=url) as client:
+            answer = (await client.get("/pid")).json()
+        assert answer["task"] not in owners
+        owners[answer["task"]] = answer["pid"]
+        if len(set(owners.values())) == 2 and len(owners) >= 6:
+            break
+    assert len(set(owners.values())) == 2
+    for task_id, owner in owners.items():
+        assert task_id.startswith(f"{owner}-")
+        for _ in range(4):
+            async with httpx.AsyncClient(base_url=url) as client:
+                found = (await client.get(f"/status/{task_id}")).json()
+            # Its own worker finds it; the other says it does not know it.
+            assert found["id"] == (task_id if found["pid"] == owner else None)
+    server.process.send_signal(signal.SIGTERM)
+    assert await server.finish() == 0, server.output

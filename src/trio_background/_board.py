@@ -26,7 +26,11 @@ if TYPE_CHECKING:
     from ._backend import DurableBackend
     from ._runner import Runner
 
-__all__ = ["CUT_MARGIN", "Board", "CutWatch"]
+__all__ = ["CUT_MARGIN", "WORKER", "Board", "CutWatch"]
+
+# Set in a worker process of a server with several (``--workers``): the prefix
+# of its task ids, ``"<pid>-"``, so that ids are unique across the workers.
+WORKER: trio.lowlevel.RunVar[str] = trio.lowlevel.RunVar("trio_background.worker")
 
 # After the batch deadline the server cuts the requests still in flight this
 # much later (serve() sets Hypercorn's graceful timeout so): a request's final
@@ -81,7 +85,7 @@ class Board:
     def __init__(self, *, keep_records: int, thread_limit: int) -> None:
         # trio.current_time() without its wrappers: called several times per task.
         self.now = trio.lowlevel.current_clock().current_time
-        self.ledger = Ledger(self.now(), keep_records)
+        self.ledger = Ledger(self.now(), keep_records, WORKER.get(""))
         self.limiter = trio.CapacityLimiter(thread_limit)
         self.token = trio.lowlevel.current_trio_token()
         self.thread = threading.get_ident()

@@ -30,17 +30,23 @@ class Ledger:
     Args:
         epoch: Trio clock time that record times count from.
         keep: Recent records kept per final state (besides cut ones).
+        worker: The worker process's id prefix, or ``""``.
     """
 
-    __slots__ = ("_counts", "_cut", "_recent", "epoch")
+    __slots__ = ("_counts", "_cut", "_recent", "epoch", "worker")
 
-    def __init__(self, epoch: float, keep: int) -> None:
+    def __init__(self, epoch: float, keep: int, worker: str = "") -> None:
         self.epoch = epoch
+        self.worker = worker
         self._counts = dict.fromkeys(FINAL_STATES, 0)
         self._recent: dict[TaskState, deque[RawRecord]] = {
             state: deque(maxlen=keep) for state in FINAL_STATES
         }
         self._cut: list[RawRecord] = []
+
+    def record(self, raw: RawRecord) -> TaskRecord:
+        """The :class:`TaskRecord` of ``raw``."""
+        return build_record(raw, self.epoch, self.worker)
 
     def write(self, raw: RawRecord, *, cut: bool) -> None:
         """Count ``raw``; keep it for good if shutdown ``cut`` the task."""
@@ -82,19 +88,19 @@ class Ledger:
     def kept(self) -> list[TaskRecord]:
         """Every kept record, in batch order then task order."""
         raws = sorted(self._kept(), key=lambda raw: (raw.batch, raw.task_index))
-        return [build_record(raw, self.epoch) for raw in raws]
+        return [build_record(raw, self.epoch, self.worker) for raw in raws]
 
     def recent(self, limit: int) -> list[TaskRecord]:
         """The ``limit`` last kept records in batch then task order, building only those."""
         raws = heapq.nlargest(limit, self._kept(), key=lambda raw: (raw.batch, raw.task_index))
         raws.reverse()
-        return [build_record(raw, self.epoch) for raw in raws]
+        return [build_record(raw, self.epoch, self.worker) for raw in raws]
 
     def find(self, batch: int, index: int) -> TaskRecord | None:
         """The kept record of task ``batch.index``, or None."""
         for raw in self._kept():
             if raw.batch == batch and raw.task_index == index:
-                return build_record(raw, self.epoch)
+                return build_record(raw, self.epoch, self.worker)
         return None
 
     def since(self, when: float) -> float:

@@ -45,7 +45,9 @@ class TaskRecord:
     """What happened to one task.
 
     Attributes:
-        id: ``"<batch>.<index>"``: unique within a supervisor's run.
+        id: ``"<batch>.<index>"``, unique within a supervisor's run; with
+            several worker processes ``"<pid>-<batch>.<index>"``, unique
+            across them.
         name: The task function's qualified name.
         state: The final :class:`TaskState`.
         error: ``"ExceptionType: message"`` for a failed task, else None.
@@ -66,6 +68,8 @@ class TaskRecord:
         engine_id: The durable engine's id of a handed-off task, or None.
         attempts: How many times it ran: 1, more with ``retries`` (see
             :func:`~trio_background.task`), 0 if it never started.
+        worker: The prefix of the worker process's ids (``"<pid>-"``) when
+            the server runs several (``--workers``), else ``""``.
     """
 
     name: str
@@ -82,10 +86,11 @@ class TaskRecord:
     waited: float | None = None
     engine_id: str | None = None
     attempts: int = 0
+    worker: str = ""
 
     @property
     def id(self) -> str:
-        return f"{self.batch}.{self.index}"
+        return f"{self.worker}{self.batch}.{self.index}"
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
@@ -147,7 +152,7 @@ def _since(when: float | None, epoch: float) -> float | None:
     return None if when is None else round(when - epoch, 6)
 
 
-def build_record(raw: RawRecord, epoch: float) -> TaskRecord:
+def build_record(raw: RawRecord, epoch: float, worker: str = "") -> TaskRecord:
     """The :class:`TaskRecord` for ``raw``, with times relative to ``epoch``."""
     started = raw.started
     ready = raw.ready
@@ -166,6 +171,7 @@ def build_record(raw: RawRecord, epoch: float) -> TaskRecord:
         waited=None if started is None or ready is None else round(max(0.0, started - ready), 6),
         engine_id=raw.engine_id,
         attempts=raw.attempts,
+        worker=worker,
     )
 
 

@@ -36,7 +36,7 @@ import trio
 
 from ._observe import Observers
 from ._progress import current_task
-from ._records import RawRecord, TaskRecord, build_record, format_error
+from ._records import RawRecord, TaskRecord, format_error
 from ._tasks import CLEANUP, SEQUENCE, SOON, BackgroundTask, BackgroundTasks, TaskState, released
 from ._threads import ThreadOutcome, run_in_thread
 
@@ -232,7 +232,7 @@ class Runner:
             board.next_batch += 1
             board.runners[self.number] = self
         if board is not None:
-            task.id = f"{self.number}.{len(tasks)}"
+            task.id = f"{board.ledger.worker}{self.number}.{len(tasks)}"
         task.index = len(tasks)
         tasks.append(task)
         backend = self.policy.backend
@@ -642,7 +642,7 @@ class Runner:
         board.ledger.write(raw, cut=cut)
         observers = self.policy.observers
         if observers.items:
-            observers.task_ended(task, build_record(raw, board.ledger.epoch))
+            observers.task_ended(task, board.ledger.record(raw))
         return raw
 
     async def _failed(
@@ -665,7 +665,7 @@ class Runner:
             self.stop_reason = f"task {task.id} ({task.name}) failed and on_error='stop'"
         hook = policy.error_hook
         if hook is not None and raw is not None and self.board is not None:
-            await _call_hook(hook, build_record(raw, self.board.ledger.epoch), error)
+            await _call_hook(hook, self.board.ledger.record(raw), error)
 
     def _pending_reason(self) -> str:
         board = self.board

@@ -317,10 +317,11 @@ class Supervisor:
             Whether it changed anything (False for an unknown id, another
             worker's, or a task that has ended).
         """
-        key = _parse_id(task_id)
+        board = self._state().board
+        key = _parse_id(task_id, board.ledger.worker)
         if key is None:
             return False
-        runner = self._state().board.runners.get(key[0])
+        runner = board.runners.get(key[0])
         if runner is None or key[1] >= len(runner.batch.tasks):
             return False
         return runner.batch.tasks[key[1]].cancel()
@@ -501,6 +502,7 @@ class Supervisor:
             started_at=None if started is None else board.ledger.since(started),
             ended_at=None,
             progress=task.progress,
+            worker=board.ledger.worker,
         )
 
     def task(self, task_id: str) -> TaskRecord | None:
@@ -511,10 +513,10 @@ class Supervisor:
         whose record was dropped (see ``keep_records``), or an id that is not
         of this form, None.
         """
-        key = _parse_id(task_id)
+        board = self._state().board
+        key = _parse_id(task_id, board.ledger.worker)
         if key is None:
             return None
-        board = self._state().board
         number, index = key
         runner = board.runners.get(number)
         if runner is not None and index < len(runner.batch.tasks):
@@ -550,7 +552,7 @@ class Supervisor:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         start = (0, -1)
         if after is not None:
-            key = _parse_id(after)
+            key = _parse_id(after, self._state().board.ledger.worker)
             if key is None:
                 raise ValueError(f"after must be a task id such as '12.0', got {after!r}")
             start = key
@@ -620,8 +622,11 @@ def current_supervisor() -> Supervisor:
         ) from None
 
 
-def _parse_id(task_id: str) -> tuple[int, int] | None:
-    batch_text, _, index_text = task_id.partition(".")
+def _parse_id(task_id: str, worker: str) -> tuple[int, int] | None:
+    """``(batch, index)`` of ``task_id``; None if it is not one of this worker's."""
+    if not task_id.startswith(worker):
+        return None  # another worker's
+    batch_text, _, index_text = task_id[len(worker) :].partition(".")
     # isdecimal() alone admits other scripts' digits ("²" is not, "٣" is): ASCII only,
     # and short, so a hostile id costs nothing.
     if not (0 < len(batch_text) <= 18 and 0 < len(index_text) <= 18):

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._board import WORKER
 from ._cli import leave
 from ._loading import LoadError, check_asgi, load_object
 from ._records import FINAL_STATES, ShutdownReport
@@ -126,6 +128,8 @@ def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str
 async def _serve_worker(
     spec: WorkerSpec, middleware: BackgroundTasksMiddleware, conn: Connection
 ) -> ShutdownReport:
+    # Task ids unique across the workers: this process's are "<pid>-<batch>.<index>".
+    WORKER.set(f"{os.getpid()}-")
     control = ShutdownControl(
         middleware,
         spec.mode,
