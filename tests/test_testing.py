@@ -468,6 +468,7 @@ NO_HTTPX = """
 import sys
 
 sys.modules["httpx"] = None  # from now on, import httpx raises ImportError
+sys.modules["httpx2"] = None  # and so does import httpx2
 """
 
 WITHOUT_HTTPX_TESTS = """
@@ -491,8 +492,8 @@ def test_client_import_names_the_extra():
     with pytest.raises(
         ImportError,
         match=(
-            r"^trio_background.testing.open_client is an httpx client, and httpx is not "
-            r"installed: pip install 'trio-background\\[testing\\]'$"
+            r"^trio_background.testing.open_client is an httpx client, and neither httpx2 "
+            r"nor httpx is installed: pip install 'trio-background\\[testing\\]'$"
         ),
     ):
         from trio_background.testing import open_client
@@ -518,8 +519,8 @@ def test_without_httpx_the_plugin_loads_and_the_client_names_the_extra(
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_client_fixture*",
-            "*trio_background.testing.open_client is an httpx client, and httpx is not "
-            "installed: pip install 'trio-background[[]testing[]]'",
+            "*trio_background.testing.open_client is an httpx client, and neither httpx2 "
+            "nor httpx is installed: pip install 'trio-background[[]testing[]]'",
         ]
     )
     result.stdout.no_fnmatch_line("*During handling*")

@@ -31,13 +31,21 @@ import trio
 from hypercorn.protocol.http_stream import ASGIHTTPState
 from hypercorn.utils import UnexpectedMessageError, build_and_validate_headers, suppress_body
 
-try:
+# The HTTP client Starlette's TestClient prefers: httpx2 (Python 3.11+), else httpx;
+# both have the same API (httpx2 is httpx's successor).
+if TYPE_CHECKING:
     import httpx
-except ImportError as exc:  # pragma: no cover - tested in a subprocess without httpx
-    raise ImportError(
-        "trio_background.testing.open_client is an httpx client, and httpx is not installed: "
-        "pip install 'trio-background[testing]'"
-    ) from exc
+else:
+    try:
+        import httpx2 as httpx
+    except ImportError:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - tested in a subprocess without either
+            raise ImportError(
+                "trio_background.testing.open_client is an httpx client, and neither httpx2 "
+                "nor httpx is installed: pip install 'trio-background[testing]'"
+            ) from exc
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
