@@ -46,6 +46,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from ._backend import DurableBackend
     from ._board import Board
+    from ._observe import TaskObserver
     from ._policy import TaskPolicy
 
 __all__ = [
@@ -94,6 +95,13 @@ class Policy:
         self.backend = backend
         self.spill = spill
         self.observers = observers
+
+    def plus(self, observer: TaskObserver) -> Policy:
+        """This policy with one more observer."""
+        observers = Observers()
+        for known in (*self.observers.items, observer):
+            observers.add(known)
+        return Policy(self.on_error, self.error_hook, self.backend, self.spill, observers)
 
     def within(self, outer: Policy) -> Policy:
         """This policy for a request that went through ``outer``'s middleware first."""

@@ -23,7 +23,10 @@ runs after the response, before the request's ``yield`` dependencies close
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Annotated
+
+import trio
 
 try:
     from fastapi import Depends
@@ -33,13 +36,31 @@ except ImportError as exc:  # pragma: no cover - the dev extra has FastAPI
         f"trio_background.fastapi needs FastAPI ({exc}): pip install 'trio-background[fastapi]'"
     ) from exc
 
-from ._middleware import exchange_from_scope
+from ._middleware import Exchange, exchange_from_scope
+from ._observe import TaskObserver
 from ._tasks import BackgroundTasks as _BackgroundTasks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# FastAPI >= 0.142 traces its own background tasks when its telemetry is on.
+_fastapi_operation: Callable[..., AbstractContextManager[None]] | None
+try:
+    from fastapi.telemetry._api import (
+        _operation,  # pyright: ignore[reportPrivateUsage]
+    )
+except ImportError:  # pragma: no cover - older FastAPI, or no OpenTelemetry
+    _fastapi_operation = None
+else:
+    _fastapi_operation = _operation
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
     from types import TracebackType
 
-    from ._middleware import Connection, Exchange
+    from ._middleware import Connection
+    from ._runner import Policy
+    from ._tasks import BackgroundTask
 
 __all__ = ["BackgroundTasks", "get_background_tasks"]
 
@@ -69,6 +90,55 @@ class _DiscardOnError:
         return False
 
 
+class _FastAPISpans(TaskObserver):
+    """Each task a ``fastapi.background_task`` span, as FastAPI makes for its own.
+
+    FastAPI (>= 0.142, telemetry on) wraps each of its own background tasks in
+    that span, a child of the request's span, with ``code.function.name`` and
+    an error status when the task raises; a port that swaps the import keeps
+    those spans, made by FastAPI's own code, plus the task's id and state.
+    """
+
+    def task_running(self, task: BackgroundTask) -> AbstractContextManager[None] | None:
+        if _fastapi_operation is None:  # pragma: no cover - older FastAPI
+            return None
+        return _span(task)
+
+
+@contextmanager
+def _span(task: BackgroundTask) -> Generator[None]:
+    from opentelemetry import trace  # FastAPI's telemetry needs it: here it is installed
+
+    assert _fastapi_operation is not None
+    with _fastapi_operation(name="background_task", function=task.func):
+        span = trace.get_current_span()
+        if task.id is not None:
+            span.set_attribute("trio_background.task.id", task.id)
+        state = "completed"
+        try:
+            yield
+        except trio.Cancelled:
+            state = "cancelled" if task.is_async else "abandoned"
+            raise
+        except BaseException:
+            state = "failed"
+            raise
+        finally:
+            span.set_attribute("trio_background.task.state", state)
+
+
+_SPANS = _FastAPISpans()
+# A middleware's policy, with the spans: made once per policy (a few per app).
+_WITH_SPANS: dict[int, tuple[Policy, Policy]] = {}
+
+
+def _with_spans(policy: Policy) -> Policy:
+    known = _WITH_SPANS.get(id(policy))
+    if known is None or known[0] is not policy:
+        known = _WITH_SPANS[id(policy)] = (policy, policy.plus(_SPANS))
+    return known[1]
+
+
 async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
     """FastAPI dependency: the request's batch.
 
@@ -85,6 +155,8 @@ async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
     """
     scope = connection.scope
     exchange = exchange_from_scope(scope)
+    if "fastapi.telemetry" in scope and isinstance(exchange, Exchange):
+        exchange.use(_with_spans(exchange.policy))
     batch = exchange.batch
     request_stack = scope.get(_REQUEST_STACK)
     if request_stack is not None:
