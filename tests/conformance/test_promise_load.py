@@ -124,7 +124,7 @@ async def test_keep_alive_connections_are_answered_while_the_loop_pauses(via: st
                 response = await served.http.get("/pause", timeout=None)
                 assert response.text == '"paused"'
 
-        with trio.fail_after(60):
+        with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
                 for _ in range(CONNECTIONS):
                     nursery.start_soon(keep_asking)
@@ -209,9 +209,15 @@ def waiting_app(
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware)
 
-    async def waits() -> None:
+    async def sleeps() -> None:
         started.add()
         await trio.sleep(3600)
+
+    async def receives() -> None:
+        send, receive = trio.open_memory_channel[None](0)
+        started.add()
+        async with send, receive:  # closing them at the cut takes the loop one more step
+            await receive.receive()  # a message that never comes
 
     async def blocks_the_loop_across_the_deadline() -> None:
         started.add()
@@ -221,9 +227,13 @@ def waiting_app(
         time.sleep(0.3)  # noqa: ASYNC251 - the feature: a task that blocks the loop
         blocked.set()
 
-    @app.post("/wait")
-    async def wait(background_tasks: BackgroundTasks) -> None:
-        background_tasks.add_task(waits)
+    @app.post("/sleep")
+    async def sleep(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(sleeps)
+
+    @app.post("/receive")
+    async def receive(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(receives)
 
     @app.post("/block")
     async def post_block(background_tasks: BackgroundTasks) -> None:
@@ -265,7 +275,8 @@ async def test_cancel_mode_under_load_accuses_only_a_task_that_blocked_the_loop(
     with trio.fail_after(60):
         async with serving(waiting_app(supervisor, started, block, blocked), via) as served:
             supervisor.append(served.supervisor)
-            await load(served.http, "/wait", WAITING)
+            await load(served.http, "/sleep", WAITING // 2)
+            await load(served.http, "/receive", WAITING - WAITING // 2)
             if blocker:
                 assert (await served.http.post("/block")).status_code == 200
             await started.reach(WAITING + blocker)
