@@ -20,4 +20,3 @@ async def tiny() -> None:
 async def get_tiny(background_tasks: BackgroundTasks) -> str:
     background_tasks.add_task(tiny)
     return "ok"
-

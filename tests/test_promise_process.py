@@ -1,4 +1,4 @@
-"""Issue 23, item 0, whole process: a server paused by SIGSTOP keeps answering keep-alive connections.
+"""Issue 23, item 0, whole process: a server paused by SIGSTOP keeps answering keep-alive.
 
 Raw keep-alive connections (cheap clients, so the server is the busy side)
 loop ``GET /tiny`` (one tiny task each) while the server process is stopped
