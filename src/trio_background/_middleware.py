@@ -9,19 +9,24 @@ connection serves the next request), while the batch stays a child of the
 connection, and of the server, so nothing outlives the server and shutdown
 can reach it.
 
-"Complete" means the final ``http.response.body`` (or the last trailers) was
-handed to the server. Hypercorn delivers ``http.disconnect`` from inside that
-very send, and Starlette's streaming and file responses then cancel the
-sending task while it is still in the send, which would leave the response
-incomplete in our eyes and Hypercorn's connection unrecycled. So the final
-send is shielded for a moment (a large body's bulk goes first, unshielded):
-the server finishes it, and the app's cancellation lands just after.
+"Over" means the final ``http.response.body`` (or the last trailers, or
+``http.response.pathsend``) was handed to the server, or the client went
+away while the app was still sending (the usual end of a server-sent events
+stream). Hypercorn delivers ``http.disconnect`` from inside the final send,
+and Starlette's streaming and file responses then cancel the sending task
+while it is still in the send, which would leave Hypercorn's connection
+unrecycled. So the final send is shielded (a large body's bulk goes first,
+unshielded) until the server's own cut after the shutdown deadline, never for
+a fixed time: a loop paused for seconds must not tear a send. Only what the
+app call itself raised before its response was over skips the batch (its
+cleanups still run).
 
 Under FastAPI the batch runs from the request's exit stack, just before its
 ``yield`` dependencies close (as in FastAPI >= 0.118); elsewhere, after the
-app call returned. Every other scope type passes through, except
-``lifespan``, which the middleware watches to start and close its supervisor
-(and, under asyncio, to refuse to start).
+app call returned. A websocket connection gets a batch too (``Connection``).
+Every other scope type passes through, except ``lifespan``, which the
+middleware watches to start and close its supervisor, and around which it
+opens the supervisor's own nursery (and, under asyncio, refuses to start).
 """
 
 from __future__ import annotations
@@ -66,9 +71,8 @@ _NOT_TRIO = (
 )
 
 # A final body up to this size is sent in one shielded send; a larger one is
-# sent in two, the bulk unshielded. The grace bounds the shielded send.
+# sent in two, the bulk unshielded.
 _SHIELDED_BODY = 64 * 1024
-_FINAL_SEND_GRACE = 1.0
 
 _UNAVAILABLE = (
     b"503 Service Unavailable: the background work of this request could not be stored, "

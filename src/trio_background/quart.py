@@ -201,6 +201,20 @@ def _discard_when_the_view_raises(app: QuartTrio) -> None:
 
     app.handle_user_exception = handle_user_exception  # type: ignore[method-assign]
 
+    # What goes wrong after the view (an after_request function, building the
+    # response) reaches handle_exception instead: the client gets 500, and the
+    # tasks do not run either.
+    handle_uncaught: Callable[[Any], Awaitable[Any]] = app.handle_exception
+
+    async def handle_exception(error: Any) -> Any:
+        if quart.has_request_context() and _scope().get(_BATCH_KEY) is not None:
+            exchange_from_scope(_scope()).app_failed(
+                f"the app raised {type(error).__qualname__} after the view"
+            )
+        return await handle_uncaught(error)
+
+    app.handle_exception = handle_exception  # type: ignore[method-assign]
+
 
 def _scope() -> Scope:
     # Quart types its scopes as TypedDicts; they are the server's dicts.

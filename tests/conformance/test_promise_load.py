@@ -25,8 +25,8 @@
   ``skipped``). Through real Hypercorn only: the in-process client reads a
   response whole before it returns it, so it cannot leave a stream halfway.
 - Item 13: Quart-trio, a request that fails in ``after_request`` answers 500
-  and its tasks do not run (old core and new: the task ran; marked xfail
-  until ``trio_background/quart.py`` also wraps ``app.handle_exception``).
+  and its tasks do not run (old core: the task ran; ``quart.py`` now also
+  marks the batch failed from ``app.handle_exception``).
 
 These use real time (real Hypercorn, real threads, a loop really blocked);
 every load loop is bounded in count, and in time by ``trio.fail_after``.
@@ -385,11 +385,6 @@ async def test_a_task_runs_when_the_client_leaves_an_endless_event_stream() -> N
 # -- item 13: Quart-trio, a request that fails in after_request -------------------
 
 
-@pytest.mark.xfail(
-    reason="core: trio_background/quart.py marks the batch failed only from "
-    "handle_user_exception; an after_request failure goes to handle_exception",
-    strict=True,
-)
 async def test_quart_tasks_of_a_request_that_fails_in_after_request_do_not_run(
     via: str,
 ) -> None:
