@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from fastapi import FastAPI
 
 from trio_background import BackgroundTasksMiddleware, Supervisor, from_scope
@@ -23,25 +25,55 @@ INSTALL_HINT = re.escape(
 )
 
 
-async def test_websocket_scope_passes_through_untouched() -> None:
+async def test_an_unknown_scope_type_passes_through_untouched() -> None:
     calls: list[tuple[Scope, Receive, Send]] = []
 
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         calls.append((scope, receive, send))
 
     async def receive() -> Message:
-        return {"type": "websocket.connect"}
+        return {"type": "custom.event"}
 
     async def send(message: Message) -> None:
         del message
 
-    scope: Scope = {"type": "websocket", "path": "/ws"}
+    scope: Scope = {"type": "custom", "path": "/x"}
     await BackgroundTasksMiddleware(inner)(scope, receive, send)
     ((seen_scope, seen_receive, seen_send),) = calls
     assert seen_scope is scope
-    assert scope == {"type": "websocket", "path": "/ws"}
+    assert scope == {"type": "custom", "path": "/x"}
     assert seen_receive is receive
     assert seen_send is send
+
+
+async def test_a_websocket_gets_a_batch_and_its_own_receive_and_send() -> None:
+    """A websocket's messages are not wrapped: its batch's start_soon tasks run
+    beside the handler, its add_task tasks once the connection closed."""
+    ran: list[str] = []
+
+    async def note(what: str) -> None:
+        ran.append(what)
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        assert receive is server_receive
+        assert send is server_send
+        batch = from_scope(scope)
+        batch.add_task(note, "after close")
+        batch.start_soon(note, "beside")
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == ["beside"]
+
+    async def server_receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def server_send(message: Message) -> None:
+        del message
+
+    middleware = BackgroundTasksMiddleware(inner)
+    await middleware({"type": "websocket", "path": "/ws"}, server_receive, server_send)
+    assert ran == ["beside", "after close"]
+    report = middleware.supervisor.close()
+    assert {r.request for r in report.completed} == {"WEBSOCKET /ws"}
 
 
 async def test_lifespan_reaches_the_inner_app() -> None:
@@ -88,9 +120,16 @@ def test_from_scope_without_middleware() -> None:
 def test_from_scope_on_a_websocket() -> None:
     with pytest.raises(
         RuntimeError,
-        match=r"^only HTTP requests have background tasks, and this is a 'websocket' scope$",
+        match=r"^this request has no background tasks batch: BackgroundTasksMiddleware is not "
+        r"installed",
     ):
         from_scope({"type": "websocket"})
+    with pytest.raises(
+        RuntimeError,
+        match=r"^only HTTP requests and websocket connections have background tasks, and this "
+        r"is a 'lifespan' scope$",
+    ):
+        from_scope({"type": "lifespan"})
 
 
 async def test_fastapi_dependency_without_middleware() -> None:
