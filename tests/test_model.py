@@ -52,6 +52,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+import trio_background
 from trio_background import (
     BackgroundTask,
     BackgroundTasks,
@@ -67,8 +68,55 @@ Scope = MutableMapping[str, Any]
 
 ASYNC_KINDS = ["ok", "sleep", "fail", "bad_str", "system_exit", "interrupt", "group", "swallow"]
 SYNC_KINDS = ["sync_ok", "sync_fail", "sync_adds"]
-KINDS = [*ASYNC_KINDS, "adds", *SYNC_KINDS]
+POLICY_KINDS = ["flaky", "timed", "limited", "keyed"]
+KINDS = [*ASYNC_KINDS, "adds", *SYNC_KINDS, *POLICY_KINDS]
 HOW = ["add_task", "start_soon", "add_cleanup"]
+
+
+# Functions with policies (module-level: a policy belongs to one function).
+def _started(world: World) -> None:
+    if world.supervisor.time_until_deadline() <= 0:
+        world.violations.append("an attempt started at or after the deadline")
+
+
+@trio_background.task(retries=2, backoff=1, retry_on=ValueError)
+async def flaky(world: World, failures: list[int]) -> None:
+    _started(world)
+    if failures[0] < 2:
+        failures[0] += 1
+        raise ValueError(f"failure {failures[0]}")
+
+
+@trio_background.task(timeout=2)
+async def timed(world: World) -> None:
+    _started(world)
+    await trio.sleep(5)
+
+
+@trio_background.task(limit=1)
+async def limited(world: World) -> None:
+    _started(world)
+    world.limited_running += 1
+    try:
+        if world.limited_running > 1:
+            world.violations.append("two tasks ran beyond their limit of 1")
+        await trio.sleep(2)
+    finally:
+        world.limited_running -= 1
+
+
+@trio_background.task(key="model-key")
+async def keyed(world: World) -> None:
+    _started(world)
+    await trio.sleep(3)
+
+
+POLICIES: dict[str, Callable[..., Any]] = {
+    "flaky": flaky,
+    "timed": timed,
+    "limited": limited,
+    "keyed": keyed,
+}
 
 
 class AppError(Exception):
@@ -115,6 +163,7 @@ class World:
         self.threads_lock = threading.Lock()
         self.nursery: trio.Nursery | None = None
         self.closed = False
+        self.limited_running = 0
 
     # -- the app: a raw ASGI app that does what the model sends it ------------
 
@@ -224,8 +273,10 @@ class World:
         sync_task.__qualname__ = f"model_{kind}"
         return sync_task
 
-    def note(self, task: BackgroundTask, batch: BackgroundTasks) -> None:
-        (self.standalone if batch in self.standalone_runs else self.tasks).append(task)
+    def note(self, task: BackgroundTask, batch: BackgroundTasks | None) -> None:
+        known = self.standalone if batch in self.standalone_runs else self.tasks
+        if not any(task is other for other in known):  # a key gives back a known task
+            known.append(task)
 
     def add_to(
         self,
@@ -234,9 +285,12 @@ class World:
         how: str,
         batch_of: Callable[[], BackgroundTasks | None],
     ) -> None:
-        func = self.make(kind, batch_of)
         try:
-            task = getattr(batch, how)(func)
+            if kind in POLICIES:
+                extra: tuple[Any, ...] = ([0],) if kind == "flaky" else ()
+                task = getattr(batch, how)(POLICIES[kind], self, *extra)
+            else:
+                task = getattr(batch, how)(self.make(kind, batch_of))
         except RuntimeError as exc:
             if "would never run" not in str(exc):
                 self.violations.append(f"{how}: {exc}")
@@ -285,6 +339,7 @@ class ModelMachine(RuleBasedStateMachine):
             stopped.append(self.supervisor_stop)
             async with trio.open_nursery() as nursery:
                 self.world.nursery = nursery
+                self.world.supervisor.start(nursery)  # app-level tasks run here
                 ready.set()
                 await self.supervisor_stop.wait()
                 nursery.cancel_scope.cancel()
@@ -411,6 +466,23 @@ class ModelMachine(RuleBasedStateMachine):
 
             assert world.nursery is not None
             world.nursery.start_soon(_ignoring(ValueError, run))
+
+        self.step(go)
+
+    @rule(kind=st.sampled_from(["ok", "sleep", "fail", "sync_ok", *POLICY_KINDS]))
+    def an_app_level_task_starts(self, kind: str) -> None:
+        def go(world: World) -> None:
+            try:
+                if kind in POLICIES:
+                    extra: tuple[Any, ...] = ([0],) if kind == "flaky" else ()
+                    task = world.supervisor.start_soon(POLICIES[kind], world, *extra)
+                else:
+                    task = world.supervisor.start_soon(world.make(kind, lambda: None))
+            except RuntimeError as exc:
+                if "the supervisor has closed" not in str(exc):
+                    world.violations.append(f"start_soon: {exc}")
+                return
+            world.note(task, None)
 
         self.step(go)
 

@@ -285,7 +285,8 @@ class Supervisor:
         request is ``app``.
 
         Returns:
-            The task's :class:`BackgroundTask` handle.
+            The task's :class:`BackgroundTask` handle (or, when the function's
+            policy has a ``key`` that a pending or running task holds, that task).
 
         Raises:
             TypeError: As :meth:`BackgroundTasks.add_task`.
@@ -306,9 +307,10 @@ class Supervisor:
             )
         batch = BackgroundTasks()
         runner = Runner(batch, state.board, self.policy, "app")
-        batch.append(task)
-        nursery.start_soon(runner.run)
-        return task
+        admitted = batch.append(task)
+        if admitted is task:
+            nursery.start_soon(runner.run)
+        return admitted  # or the task its policy's key names
 
     def cancel(self, task_id: str) -> bool:
         """Cancel the task ``task_id`` (see :meth:`BackgroundTask.cancel`).

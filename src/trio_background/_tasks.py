@@ -494,17 +494,20 @@ class BackgroundTasks:
         """
         return self._admit(BackgroundTask(func, *args, **kwargs), CLEANUP)
 
-    def append(self, task: BackgroundTask) -> None:
+    def append(self, task: BackgroundTask) -> BackgroundTask:
         """Add a task made elsewhere (a :class:`BackgroundTask`), to run in order.
 
         What Starlette's ``Response(background=task)`` does in a request
         served through the middleware.
 
+        Returns:
+            ``task``, or the task in its place (as :meth:`add_task`).
+
         Raises:
             RuntimeError: The task ran already or belongs to a batch, or the
                 batch has finished running.
         """
-        self._admit(task, task.kind)
+        return self._admit(task, task.kind)
 
     def _admit(self, task: BackgroundTask, kind: int) -> BackgroundTask:
         task.kind = kind
