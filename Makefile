@@ -88,6 +88,7 @@ bench: $(STAMP)
 	$(PY) -m bench.monitor_poll
 	$(PY) -m bench.durable
 	$(PY) -m bench.cycles
+	$(PY) -m bench.memory
 
 # The fault suite (about 4 minutes): 50 seeded runs of real server processes under
 # load, each with one fault (SIGKILL of the server or of a worker, signal storms, a

@@ -1,9 +1,7 @@
-"""The report's invariant under random scenarios, and flat memory over a long life."""
+"""The report's invariant under random scenarios (memory over a long life: bench/memory.py)."""
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -13,7 +11,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_background import BackgroundTasksMiddleware, TaskState, from_scope
+from trio_background import BackgroundTasksMiddleware, TaskState
 
 from .test_shutdown import run_scenario
 
@@ -58,51 +56,6 @@ def test_every_task_is_accounted_for_exactly_once(
             assert all(r.ended_at <= report.deadline for r in records if r.started_at is not None)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-async def test_memory_stays_flat_over_100_000_requests() -> None:
-    """A long-lived server: counts grow, kept records and memory do not."""
-
-    async def noop() -> None:
-        pass
-
-    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        from_scope(scope).add_task(noop)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    middleware = BackgroundTasksMiddleware(app, keep_records=50)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        pass
-
-    async def serve(count: int) -> None:
-        for _ in range(count):
-            scope = {"type": "http", "method": "GET", "path": "/"}
-            await middleware(scope, receive, send)
-
-    await serve(10_000)  # warm up: the record deques fill
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        await serve(90_000)
-        gc.collect()
-        growth = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    stats = middleware.supervisor.statistics()
-    assert stats.counts["completed"] == 100_000
-    report = middleware.supervisor.report()
-    assert len(report.completed) == 50
-    # 90,000 requests in: no per-request residue (a leak of even one small
-    # object per request would be megabytes). What may grow is bounded:
-    # trio's deadline heap keeps up to ~1,000 stale entries (each request's
-    # shielded final send has a deadline) before it prunes them.
-    assert growth < 256 * 1024, growth
 
 
 async def test_sending_after_the_app_returned_is_an_error() -> None:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_background import (
@@ -31,7 +30,7 @@ from trio_background import (
     from_scope,
 )
 from trio_background.fastapi import BackgroundTasks as FastAPIBackgroundTasks
-from trio_background.prometheus import MULTIPROCESS_REFRESH, TaskMetrics, metrics_app
+from trio_background.prometheus import TaskMetrics, metrics_app
 from trio_background.testing import open_client, open_live_server
 
 from .conftest import Receive, Scope, Send, send_text
@@ -232,72 +231,6 @@ async def test_metrics_app_is_read_only_and_http_only() -> None:
 
     with pytest.raises(RuntimeError, match=r"^the metrics app serves HTTP only, got a 'websocket'"):
         await served({"type": "websocket"}, receive, send)
-
-
-# Multiprocess mode: what another worker process wrote is served with ours.
-WORKER = textwrap.dedent(
-    """
-    import trio
-    from prometheus_client import CollectorRegistry
-    from trio_background import BackgroundTasksMiddleware, from_scope
-    from trio_background.prometheus import TaskMetrics
-    from trio_background.testing import open_client
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            raise RuntimeError("no lifespan here")
-        from_scope(scope).add_task(trio.sleep, 0)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def main():
-        metrics = TaskMetrics(registry=CollectorRegistry())
-        async with open_client(BackgroundTasksMiddleware(app, observers=[metrics])) as client:
-            for _ in range(3):
-                await client.get("/")
-
-    trio.run(main)
-    """
-)
-
-
-async def test_multiprocess_mode_serves_every_workers_counts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
-) -> None:
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    # prometheus_client picks file-backed values at import, from the variable:
-    # this process imported it before the test set it.
-    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
-    worker = await trio.run_process(
-        [sys.executable, "-c", WORKER], cwd=ROOT, capture_stderr=True, check=False
-    )
-    assert worker.returncode == 0, worker.stderr.decode()
-
-    metrics = TaskMetrics(registry=CollectorRegistry())
-    release = trio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            raise RuntimeError("no lifespan here")
-        from_scope(scope).add_task(release.wait)
-        await send_text(send, "ok")
-
-    async with open_client(BackgroundTasksMiddleware(app, observers=[metrics])) as client:
-        await client.get("/")
-        await client.get("/")
-        # Each worker writes its gauges every MULTIPROCESS_REFRESH seconds.
-        await trio.sleep(2 * MULTIPROCESS_REFRESH)
-        async with open_client(metrics_app()) as scraper:
-            live = parse((await scraper.get("/")).text)
-        # The other worker's run has ended: it wrote 0 on its way out.
-        assert live[("trio_background_batches_running", ())] == 2
-        release.set()
-        await client.wait_idle()
-        async with open_client(metrics_app()) as scraper:
-            done = parse((await scraper.get("/")).text)
-    # 3 tasks in the other process, 2 here.
-    assert done[("trio_background_tasks_total", (("state", "completed"),))] == 5
-    assert done[("trio_background_task_duration_seconds_count", (("state", "completed"),))] == 5
 
 
 async def test_hypercorn_workers_add_up_through_the_directory(tmp_path: Path) -> None:

