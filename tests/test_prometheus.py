@@ -154,7 +154,7 @@ async def test_metrics_after_a_scripted_mix(autojump_clock: trio.testing.MockClo
         assert live[("trio_background_task_wait_seconds_sum", ())] == 2
 
         client.supervisor.begin_shutdown()  # at 4.5: the deadline is 9.5
-        # Virtual time stands still while a task's thread runs: move it.
+        # Virtual time follows real time while a task's thread runs: jump to the deadline.
         autojump_clock.jump(5)
         await trio.testing.wait_all_tasks_blocked()
         abandoned = client.supervisor.task("6.0")
