@@ -8,7 +8,11 @@ which prints one line of JSON. Variants, interleaved and rotated each repeat:
   per call, nothing else);
 - ``starlette``: ``starlette.background.BackgroundTasks``, ``await tasks()``;
 - ``ours``: ``trio_background.BackgroundTasks`` run by
-  ``Supervisor().run(batch)``, which keeps a record of every task.
+  ``Supervisor().run(batch)``, which keeps a record of every task;
+- ``ours_policy``: the same, the function decorated with
+  ``@trio_background.task(timeout=60, retries=1)`` (no attempt fails);
+- ``ours_limit``: the same with ``@trio_background.task(limit=...)`` far above
+  the batch's size (a limit below its bound should add no wait).
 
 ``add`` is the time to build the batch (``add_task`` per task), ``run`` the
 time to run it; both in nanoseconds per task.
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from starlette.background import BackgroundTasks as StarletteTasks
 
+import trio_background
 from trio_background import BackgroundTasks, Supervisor
 
 if TYPE_CHECKING:
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "main", "measure"]
 
-VARIANTS = ("floor", "starlette", "ours")
+VARIANTS = ("floor", "starlette", "ours", "ours_policy", "ours_limit")
 
 
 async def noop() -> None:
@@ -42,6 +47,26 @@ async def noop() -> None:
 
 
 def noop_sync() -> None:
+    return None
+
+
+@trio_background.task(timeout=60, retries=1)
+async def noop_policy() -> None:
+    return None
+
+
+@trio_background.task(timeout=60, retries=1)
+def noop_policy_sync() -> None:
+    return None
+
+
+@trio_background.task(limit=10_000_000)
+async def noop_limit() -> None:
+    return None
+
+
+@trio_background.task(limit=10_000_000)
+def noop_limit_sync() -> None:
     return None
 
 
@@ -69,8 +94,12 @@ async def _starlette(count: int, is_async: bool) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t1
 
 
-async def _ours(count: int, is_async: bool) -> tuple[float, float]:
-    func: Callable[[], Any] = noop if is_async else noop_sync
+async def _ours(
+    count: int,
+    is_async: bool,
+    funcs: tuple[Callable[[], Any], Callable[[], Any]] = (noop, noop_sync),
+) -> tuple[float, float]:
+    func: Callable[[], Any] = funcs[0] if is_async else funcs[1]
     supervisor = Supervisor()
     t0 = time.perf_counter()
     batch = BackgroundTasks()
@@ -85,10 +114,20 @@ async def _ours(count: int, is_async: bool) -> tuple[float, float]:
     return t1 - t0, elapsed
 
 
+async def _ours_policy(count: int, is_async: bool) -> tuple[float, float]:
+    return await _ours(count, is_async, (noop_policy, noop_policy_sync))
+
+
+async def _ours_limit(count: int, is_async: bool) -> tuple[float, float]:
+    return await _ours(count, is_async, (noop_limit, noop_limit_sync))
+
+
 _RUNNERS: dict[str, Callable[[int, bool], Awaitable[tuple[float, float]]]] = {
     "floor": _floor,
     "starlette": _starlette,
     "ours": _ours,
+    "ours_policy": _ours_policy,
+    "ours_limit": _ours_limit,
 }
 
 

@@ -270,7 +270,8 @@ async def test_workers_that_cannot_write_their_reports_make_the_parent_fail(
     report = json.loads(report_path.read_text())
     assert report["total"] == 0  # nothing counted...
     lost = report["lost"]  # ...and why, with what was in flight
-    assert [entry["reason"] for entry in lost] == [
+    # The workers end in either order.
+    assert sorted(entry["reason"] for entry in lost) == [
         "the worker exited with code 1 and left no report (cannot write its report: "
         f"[Errno 21] Is a directory: '{folder / f'worker-{index}.json'}')"
         for index in range(2)

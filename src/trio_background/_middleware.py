@@ -68,8 +68,8 @@ _NOT_TRIO = (
     "trio-background runs background tasks in trio nurseries, but this server runs "
     "{library}: serve the app with Hypercorn's trio worker (hypercorn --worker-class trio "
     "module:app) or with trio_background.serve() / python -m trio_background module:app; "
-    "in tests, run the test client on trio: TestClient(app, backend=\"trio\"), or an "
-    "anyio_backend fixture that returns \"trio\""
+    'in tests, run the test client on trio: TestClient(app, backend="trio"), or an '
+    'anyio_backend fixture that returns "trio"'
 )
 
 # A final body up to this size is sent in one shielded send; a larger one is
