@@ -207,7 +207,7 @@ class Runner:
             tasks = list(batch.tasks)
             batch.tasks.clear()
             for task in tasks:
-                self.admit(task)
+                batch.append(task)  # bound to this runner, as any task added later
 
     # -- admission: every task comes in here ---------------------------------
 
