@@ -10,9 +10,11 @@ which prints one line of JSON. Variants, interleaved and rotated each repeat:
 - ``ours``: ``trio_background.BackgroundTasks`` run by
   ``Supervisor().run(batch)``, which keeps a record of every task;
 - ``ours_policy``: the same, the function decorated with
-  ``@trio_background.task(timeout=60, retries=1)`` (no attempt fails);
+  ``@trio_background.task(retries=1)`` (no attempt fails);
 - ``ours_limit``: the same with ``@trio_background.task(limit=...)`` far above
-  the batch's size (a limit below its bound should add no wait).
+  the batch's size (a limit below its bound should add no wait);
+- ``ours_timeout``: the same with ``@trio_background.task(timeout=60)``: a
+  cancel scope per attempt, trio's price for a deadline of its own.
 
 ``add`` is the time to build the batch (``add_task`` per task), ``run`` the
 time to run it; both in nanoseconds per task.
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VARIANTS", "main", "measure"]
 
-VARIANTS = ("floor", "starlette", "ours", "ours_policy", "ours_limit")
+VARIANTS = ("floor", "starlette", "ours", "ours_policy", "ours_limit", "ours_timeout")
 
 
 async def noop() -> None:
@@ -50,13 +52,23 @@ def noop_sync() -> None:
     return None
 
 
-@trio_background.task(timeout=60, retries=1)
+@trio_background.task(retries=1)
 async def noop_policy() -> None:
     return None
 
 
-@trio_background.task(timeout=60, retries=1)
+@trio_background.task(retries=1)
 def noop_policy_sync() -> None:
+    return None
+
+
+@trio_background.task(timeout=60)
+async def noop_timeout() -> None:
+    return None
+
+
+@trio_background.task(timeout=60)
+def noop_timeout_sync() -> None:
     return None
 
 
@@ -122,12 +134,17 @@ async def _ours_limit(count: int, is_async: bool) -> tuple[float, float]:
     return await _ours(count, is_async, (noop_limit, noop_limit_sync))
 
 
+async def _ours_timeout(count: int, is_async: bool) -> tuple[float, float]:
+    return await _ours(count, is_async, (noop_timeout, noop_timeout_sync))
+
+
 _RUNNERS: dict[str, Callable[[int, bool], Awaitable[tuple[float, float]]]] = {
     "floor": _floor,
     "starlette": _starlette,
     "ours": _ours,
     "ours_policy": _ours_policy,
     "ours_limit": _ours_limit,
+    "ours_timeout": _ours_timeout,
 }
 
 

@@ -410,7 +410,7 @@ def bench_dispatch(sizes: Sizes) -> dict[str, Any]:
                     if kind == "async"
                     else row["run_vs_starlette"] <= 1.0
                 )
-            elif variant in ("ours_policy", "ours_limit"):
+            elif variant in ("ours_policy", "ours_limit", "ours_timeout"):
                 # Issue 26: a task with a policy costs at most 1.2x a plain one.
                 row["target"] = "run <= 1.2x ours"
                 row["passed"] = numbers["run_ns_median"] / ours <= 1.2
