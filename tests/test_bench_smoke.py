@@ -83,8 +83,12 @@ def test_dispatch_rows(smoke: tuple[dict[str, Any], str, Path]) -> None:
     results, _, _ = smoke
     rows = results["sections"]["dispatch"]["rows"]
     assert {(r["variant"], r["kind"]) for r in rows} == {
-        (variant, kind) for variant in ("floor", "starlette", "ours") for kind in ("async", "sync")
+        (variant, kind)
+        for variant in ("floor", "starlette", "ours", "ours_policy", "ours_limit", "ours_timeout")
+        for kind in ("async", "sync")
     }
+    # A task with a policy is compared with a plain one (issue 26: at most 1.2x).
+    assert {r["target"] for r in rows if r["variant"].startswith("ours_")} == {"run <= 1.2x ours"}
     assert all(r["run_ns"] > 0 for r in rows)
 
 
