@@ -74,11 +74,6 @@ def requested_policy(func: Callable[..., Any], options: dict[str, Any]) -> TaskP
     if not given:
         return carried
     name = getattr(func, "__qualname__", repr(func))
-    if carried is not None:
-        raise TypeError(
-            f"backend.task got {', '.join(f'{option}=' for option in given)} for {name}, which "
-            "already has a policy from @trio_background.task(...): give the options in one place"
-        )
 
     # trio_background.task checks the options and builds the policy; it puts
     # it on whatever it decorates, so let it decorate a stand-in.
@@ -88,7 +83,20 @@ def requested_policy(func: Callable[..., Any], options: dict[str, Any]) -> TaskP
     built = policy_of(stand_in)
     if built is None:  # pragma: no cover - task() always puts one
         raise RuntimeError("trio_background.task put no policy on the function")
-    return dataclasses.replace(built, name=name)
+    built = dataclasses.replace(built, name=name)
+    if carried is None:
+        return built
+    if _options(carried) == _options(built):
+        return carried  # the same function on a second backend, with the same options
+    raise TypeError(
+        f"backend.task got {', '.join(f'{option}=' for option in given)} for {name}, which "
+        "already has another policy from @trio_background.task(...): give the options in "
+        "one place"
+    )
+
+
+def _options(policy: TaskPolicy) -> tuple[object, ...]:
+    return tuple(getattr(policy, field.name) for field in dataclasses.fields(policy))
 
 
 def put_policy(func: Callable[..., Any], policy: TaskPolicy | None) -> None:
