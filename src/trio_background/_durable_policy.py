@@ -64,9 +64,9 @@ def requested_policy(func: Callable[..., Any], options: dict[str, Any]) -> TaskP
     refuse it.
 
     Raises:
-        TypeError: ``func`` already carries a policy and options were given
-            too; or an option has the wrong type (trio_background.task's
-            message).
+        TypeError: ``func`` already carries a policy and other options
+            were given (the same options again are that policy); or an
+            option has the wrong type (trio_background.task's message).
         ValueError: An option is out of range (trio_background.task's message).
     """
     given = {name: value for name, value in options.items() if not _is_default(name, value)}
