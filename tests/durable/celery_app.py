@@ -33,6 +33,17 @@ def celery_mark(name: str) -> str:
     return _mark(name, "celery")
 
 
+def flaky(name: str, failures: int) -> str:
+    """Registered with ``retries=2``: fails its first ``failures`` attempts, leaving a mark each."""
+    marks = Path(os.environ["TB_MARKS"]) / name
+    with marks.open("a") as file:
+        file.write(f"attempt {os.getpid()}\n")
+    attempt = len(marks.read_text().splitlines())
+    if attempt <= failures:
+        raise ValueError(f"{name} fails attempt {attempt}")
+    return name
+
+
 def make_celery(url: str, queue: str) -> tuple[Any, CeleryBackend, Any]:
     """A Celery app on ``url`` and ``queue``, its backend, and the plain Celery task."""
     app = Celery("tests_celery", broker=url, set_as_current=False)
@@ -43,6 +54,7 @@ def make_celery(url: str, queue: str) -> tuple[Any, CeleryBackend, Any]:
     )
     backend = CeleryBackend(app, hand_off_timeout=2.0)
     backend.task(name="tests.durable.celery_app.mark")(mark)
+    backend.task(name="tests.durable.celery_app.flaky", retries=2, backoff=0)(flaky)
     plain = app.task(name="tests.durable.celery_app.celery_mark")(celery_mark)
     return app, backend, plain
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 from fastapi import FastAPI
 
+import trio_background
 from trio_background import BackgroundTasksMiddleware
 from trio_background.fastapi import BackgroundTasks
 from trio_background.streaq import StreaqBackend
@@ -89,7 +90,38 @@ async def refuse(name: str) -> str:
     raise ValueError(f"no {name}")
 
 
-FUNCTIONS = (mark, mark_sync, hang_once, take_a_second, hang_sync_once, refuse)
+def _attempt(name: str) -> int:
+    """Note one more attempt of ``name`` in its marks file; return its number."""
+    with (_marks() / name).open("a") as file:
+        file.write(f"attempt {os.getpid()}\n")
+    return len((_marks() / name).read_text().splitlines())
+
+
+async def flaky(name: str, failures: int) -> str:
+    """Fails its first ``failures`` attempts; registered with ``retries=2``."""
+    attempt = _attempt(name)
+    if attempt <= failures:
+        raise ValueError(f"{name} fails attempt {attempt}")
+    return name
+
+
+@trio_background.task(retries=2, backoff=0)
+def flaky_sync(name: str, failures: int) -> str:
+    """:func:`flaky` in a thread, its policy from ``@trio_background.task``."""
+    attempt = _attempt(name)
+    if attempt <= failures:
+        raise ValueError(f"{name} fails attempt {attempt}")
+    return name
+
+
+async def slow_once(name: str) -> str:
+    """The first attempt hangs (its ``timeout`` ends it, and it is retried); the next returns."""
+    if _attempt(name) == 1:
+        await trio.sleep_forever()
+    return name
+
+
+FUNCTIONS = (mark, mark_sync, hang_once, take_a_second, hang_sync_once, refuse, flaky_sync)
 
 
 def make_backend() -> StreaqBackend:
@@ -104,6 +136,8 @@ def make_backend() -> StreaqBackend:
     for func in FUNCTIONS:
         new.task(func)
     new.task(timeout=1, max_tries=1)(too_slow)
+    new.task(retries=2, backoff=0.1, max_backoff=0.2)(flaky)
+    new.task(timeout=0.5, retries=1, backoff=0)(slow_once)
     return new
 
 

@@ -14,6 +14,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 import trio
 from streaq import TaskStatus
 
+import trio_background
 from tests.redis_fixture import RedisServer
 from trio_background import BackgroundTask
 from trio_background.streaq import StreaqBackend
@@ -117,6 +118,130 @@ def test_only_plain_module_level_functions() -> None:
         ValueError, match=r"^cannot register main_func from __main__: a worker imports your "
     ):
         backend.task(namespace["main_func"])  # type: ignore[arg-type]
+
+
+_SEND = r"test_what_streaq_cannot_honour_is_refused_at_decoration\.<locals>\.send"
+_LIMIT_REFUSED = (
+    r"^streaQ cannot honour limit= on {name}: streaQ bounds how many tasks one worker runs "
+    r"\(--concurrency\), not how many runs of one function run at once across workers; drop "
+    r"limit= \(or leave the function out of the backend: in process, limit= holds\)$"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"limit": 5}, _LIMIT_REFUSED.format(name=_SEND)),
+        (
+            {"key": lambda user: f"welcome:{user}"},
+            rf"^streaQ cannot honour key= on {_SEND}: streaQ's unique= lets one run of a function "
+            r"at a time and fails the others, it does not merge two hand-offs of one key; drop "
+            r"key= and deduplicate before add_task \(or leave the function out of the backend: "
+            r"in process, key= holds\)$",
+        ),
+    ],
+)
+def test_what_streaq_cannot_honour_is_refused_at_decoration(
+    options: dict[str, object], message: str
+) -> None:
+    backend = StreaqBackend("redis://127.0.0.1:1/0")
+
+    async def send(user: str) -> None: ...
+
+    with pytest.raises(TypeError, match=message):
+        backend.task(name="send", retries=1, **options)(send)  # type: ignore[call-overload]
+    assert not backend.is_durable(send)
+    assert backend.functions == ()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"retries": -1}, ValueError, r"^task\(retries=\.\.\.\) must be an int >= 0, got -1$"),
+        (
+            {"timeout": 0},
+            ValueError,
+            r"^task\(timeout=\.\.\.\) must be a finite number of seconds > 0, got 0$",
+        ),
+        ({"retry_on": int}, TypeError, r"^task\(retry_on=\.\.\.\) takes exception types, got "),
+        ({"max_backoff": 0.5}, ValueError, r"^task\(max_backoff=\.\.\.\) must be >= backoff "),
+    ],
+)
+def test_policy_values_are_checked_as_trio_background_task_checks_them(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    backend = StreaqBackend("redis://127.0.0.1:1/0")
+    with pytest.raises(error, match=message):
+        backend.task(name="f", **options)(not_registered)  # type: ignore[call-overload]
+    # The same rules and words as the in-process decorator's.
+    with pytest.raises(error, match=message):
+        trio_background.task(**options)  # type: ignore[arg-type]
+
+
+def test_a_policy_maps_onto_streaqs_tries_either_decorator_order() -> None:
+    backend = StreaqBackend("redis://127.0.0.1:1/0", max_tries=4)
+
+    @backend.task(name="given", retries=2, timeout=10)
+    async def given() -> None: ...
+
+    @backend.task(name="below")
+    @trio_background.task(retries=1)
+    async def below() -> None: ...
+
+    @trio_background.task(retries=5, backoff=0)  # after registration: read by the worker
+    @backend.task(name="above")
+    async def above() -> None: ...
+
+    @backend.task(name="plain")
+    async def plain() -> None: ...
+
+    registry = make_streaq_worker(backend).registry
+    assert [registry[n].max_tries for n in ("given", "below", "above", "plain")] == [3, 2, 6, 4]
+    # backend.task(...) gives the function the policy, as @trio_background.task does.
+    assert isinstance(given.__trio_background_policy__, trio_background.TaskPolicy)  # type: ignore[attr-defined]
+    assert [d.timeout for d in backend.functions] == [10, None, None, None]
+
+
+def test_a_refused_policy_put_on_after_registration_fails_the_worker_start() -> None:
+    backend = StreaqBackend("redis://127.0.0.1:1/0")
+
+    @trio_background.task(limit=2)
+    @backend.task(name="late")
+    async def late() -> None: ...
+
+    with pytest.raises(
+        TypeError,
+        match=_LIMIT_REFUSED.format(
+            name=r"test_a_refused_policy_put_on_after_registration_fails_the_worker_start\."
+            r"<locals>\.late"
+        ),
+    ):
+        make_streaq_worker(backend)
+
+
+def test_a_policy_is_given_in_one_place() -> None:
+    backend = StreaqBackend("redis://127.0.0.1:1/0")
+
+    async def both() -> None: ...
+
+    with pytest.raises(
+        TypeError,
+        match=r"^backend\.task got max_tries= for "
+        r"test_a_policy_is_given_in_one_place\.<locals>\.both, whose policy has retries=: give "
+        r"retries= \(a worker then allows retries \+ 1 tries\) or max_tries=, not both$",
+    ):
+        backend.task(name="both", retries=2, max_tries=5)(both)
+    trio_background.task(retries=1)(both)
+    with pytest.raises(
+        TypeError,
+        match=r"^backend\.task got retries= for test_a_policy_is_given_in_one_place\.<locals>"
+        r"\.both, which already has another policy from @trio_background\.task\(\.\.\.\): "
+        r"give the options in one place$",
+    ):
+        backend.task(name="both", retries=2)(both)
+    # The same options again (the same function on a second backend) are that policy.
+    backend.task(name="both", retries=1)(both)
+    assert backend.is_durable(both)
 
 
 @pytest.mark.parametrize(

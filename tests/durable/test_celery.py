@@ -7,6 +7,7 @@ is for an event (a line the worker prints, a process ending) under a bound.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import redis
 import trio
 from fastapi import FastAPI
 
-from tests.durable.celery_app import celery_mark, make_celery, mark
+import trio_background
+from tests.durable.celery_app import celery_mark, flaky, make_celery, mark
 from tests.durable.conftest import Spawn
 from tests.processes import Server
 from tests.redis_fixture import RedisServer
@@ -133,6 +135,143 @@ async def test_a_celery_worker_runs_what_the_request_handed_off(
     assert await worker.finish() == 0
     assert (durable_env / "first").read_text() == f"done {worker.process.pid}\n"
     assert (durable_env / "first-plain").read_text() == f"celery {worker.process.pid}\n"
+
+
+async def test_a_celery_worker_retries_as_the_policy_says(
+    session_celery: tuple[Any, CeleryBackend, Any], durable_env: Path, queue_name: str, spawn: Spawn
+) -> None:
+    _app, backend, _plain = session_celery
+    async with backend:
+        twice, always = await backend.hand_off(
+            [BackgroundTask(flaky, "twice", 2), BackgroundTask(flaky, "always", 5)]
+        )
+    worker = await start_celery_worker(spawn, queue_name)
+    await worker.wait_for(rf"Task tests\.durable\.celery_app\.flaky\[{twice}\] succeeded")
+    await worker.wait_for(
+        rf"Task tests\.durable\.celery_app\.flaky\[{always}\] raised unexpected: "
+        r"ValueError\('always fails attempt 3'\)"
+    )
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.finish() == 0
+    pid = worker.process.pid
+    # retries=2: three attempts at most, the first failures retried at once (backoff=0).
+    assert (durable_env / "twice").read_text() == f"attempt {pid}\n" * 3
+    assert (durable_env / "always").read_text() == f"attempt {pid}\n" * 3
+    for attempt in (1, 2):
+        assert re.search(
+            rf"Task tests\.durable\.celery_app\.flaky\[{twice}\] retry: Retry in 0s: "
+            rf"ValueError\('twice fails attempt {attempt}'\)",
+            worker.output,
+        ), worker.output
+
+
+def test_a_policy_becomes_celerys_own_options() -> None:
+    app, backend, _plain = make_celery("redis://127.0.0.1:1/0", "q")
+
+    @backend.task(name="t.given", timeout=30, retries=3, retry_on=ConnectionError, backoff=2)
+    def given() -> None: ...
+
+    @backend.task(name="t.below")
+    @trio_background.task(timeout=5)
+    def below() -> None: ...
+
+    celery_given = backend.celery_task(given)
+    assert (
+        celery_given.time_limit,
+        celery_given.max_retries,
+        celery_given.autoretry_for,
+        celery_given.retry_backoff,
+        celery_given.retry_backoff_max,
+        celery_given.retry_jitter,
+    ) == (30, 3, (ConnectionError,), 2, 60, False)
+    assert backend.celery_task(below).time_limit == 5
+    app.close()
+
+
+_ON = r"test_what_celery_cannot_honour_is_refused_at_decoration\.<locals>\.send"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"limit": 5},
+            rf"^Celery cannot honour limit= on {_ON}: Celery's rate_limit= spaces out the starts "
+            r"in each worker and --concurrency bounds all of a worker's tasks; neither bounds the "
+            r"runs of one function across workers; drop limit= \(or leave the function out of "
+            r"the backend: in process, limit= holds\)$",
+        ),
+        (
+            {"key": "welcome"},
+            rf"^Celery cannot honour key= on {_ON}: Celery has no deduplication: two messages of "
+            r"one task both run; drop key= and deduplicate before add_task \(or leave the "
+            r"function out of the backend: in process, key= holds\)$",
+        ),
+        (
+            {"timeout": 10, "retries": 2},
+            rf"^Celery cannot honour timeout= on {_ON}: Celery's time_limit= kills an attempt "
+            r"that runs longer and never retries it, while retry_on= covers TimeoutError; pass "
+            r"retry_on= types that do not cover TimeoutError \(as Exception and OSError do\), "
+            r"or drop timeout=$",
+        ),
+        (
+            {"retries": 2, "backoff": 0.5},
+            rf"^Celery cannot honour backoff= on {_ON}: Celery counts retry_backoff= in whole "
+            r"seconds \(it would round 0\.5 down\); pass a whole number of seconds to backoff=$",
+        ),
+        (
+            {"retries": 2, "max_backoff": 90.5},
+            rf"^Celery cannot honour max_backoff= on {_ON}: Celery counts retry_backoff_max= in "
+            r"whole seconds \(it would round 90\.5 down\); pass a whole number of seconds to "
+            r"max_backoff=$",
+        ),
+    ],
+)
+def test_what_celery_cannot_honour_is_refused_at_decoration(
+    options: dict[str, object], message: str
+) -> None:
+    app, backend, _plain = make_celery("redis://127.0.0.1:1/0", "q")
+
+    def send() -> None: ...
+
+    with pytest.raises(TypeError, match=message):
+        backend.task(name="t.send", **options)(send)
+    assert not backend.is_durable(send)
+    app.close()
+
+
+def test_celerys_own_options_and_a_policy_are_not_mixed() -> None:
+    app, backend, _plain = make_celery("redis://127.0.0.1:1/0", "q")
+
+    def send() -> None: ...
+
+    with pytest.raises(
+        TypeError,
+        match=r"^backend\.task got Celery's max_retries= for "
+        r"test_celerys_own_options_and_a_policy_are_not_mixed\.<locals>\.send beside a policy: "
+        r"give timeout=/retries=/retry_on=/backoff=/max_backoff= or Celery's options, not both$",
+    ):
+        backend.task(retries=2, max_retries=5)(send)
+    app.close()
+
+
+async def test_a_policy_put_on_after_registration_fails_the_open() -> None:
+    app, backend, _plain = make_celery("redis://127.0.0.1:1/0", "q")
+
+    @trio_background.task(retries=2)
+    @backend.task(name="t.late")
+    def late() -> None: ...
+
+    with pytest.raises(
+        TypeError,
+        match=r"^test_a_policy_put_on_after_registration_fails_the_open\.<locals>\.late got its "
+        r"@trio_background\.task\(\.\.\.\) policy after @backend\.task registered it, so "
+        r"Celery's task was built without it: put @trio_background\.task\(\.\.\.\) below "
+        r"@backend\.task \(decorators apply bottom-up\), or give the options to "
+        r"@backend\.task\(\.\.\.\)$",
+    ):
+        await backend.open()
+    app.close()
 
 
 async def test_the_broker_down_answers_503_and_publishes_nothing(

@@ -158,13 +158,13 @@ async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_d
     with trio.fail_after(30):
         slow = await client.result(slow_id)
     assert not slow.success
-    assert repr(slow.exception) == "TimeoutError('Task timed out!')"
+    assert repr(slow.exception) == "TimeoutError('timed out after 1 s')"
     await first.wait_for("hang_sync_once s hanging")
     await stop(first)  # the thread never returns: abandoned, the process exits anyway
     report = json.loads(report_path.read_text())
     assert (report["counts"]["failed"], report["counts"]["abandoned"]) == (1, 1)
-    assert [(r["engine_id"], r["error"]) for r in report["failed"]] == [
-        (slow_id, "TimeoutError: its timeout expired (or it was aborted)")
+    assert [(r["engine_id"], r["error"], r["attempts"]) for r in report["failed"]] == [
+        (slow_id, "TimeoutError: timed out after 1 s", 1)
     ]
     [abandoned] = report["abandoned"]
     assert abandoned["engine_id"] == stuck_id
@@ -173,6 +173,52 @@ async def test_a_timeout_fails_the_task_and_a_stuck_thread_is_abandoned_at_the_d
     with trio.fail_after(30):
         assert (await client.result(stuck_id)).result == "s"
     await stop(second)
+
+
+async def test_a_worker_honours_the_retries_and_timeout_of_a_policy(
+    client: StreaqBackend, durable_env: Path, spawn: Spawn
+) -> None:
+    report_path = durable_env / "report.json"
+    worker = await start_worker(spawn, "--report-json", str(report_path))
+    ids = await client.hand_off(
+        [
+            BackgroundTask(durable_app.flaky, "twice", 2),  # retries=2: a third attempt passes
+            BackgroundTask(durable_app.flaky, "always", 5),  # out of retries after 3 attempts
+            BackgroundTask(durable_app.flaky_sync, "sync", 2),  # @trio_background.task's policy
+            BackgroundTask(durable_app.slow_once, "slow"),  # timeout=0.5 then one retry
+        ]
+    )
+    with trio.fail_after(30):
+        results = [await client.result(task_id) for task_id in ids]
+    await stop(worker)
+    pid = worker.process.pid
+    assert [(r.success, r.tries) for r in results] == [(True, 3), (False, 3), (True, 3), (True, 2)]
+    assert [results[0].result, results[2].result, results[3].result] == ["twice", "sync", "slow"]
+    assert repr(results[1].exception) == "ValueError('always fails attempt 3')"
+    for name, attempts in [("twice", 3), ("always", 3), ("sync", 3), ("slow", 2)]:
+        assert marks(durable_env, name) == [f"attempt {pid}"] * attempts
+    # One record per task, with its attempts: a retried attempt is not an end.
+    report = json.loads(report_path.read_text())
+    assert (report["counts"]["completed"], report["counts"]["failed"]) == (3, 1)
+    assert sorted((r["engine_id"], r["attempts"]) for r in report["completed"]) == sorted(
+        [(ids[0], 3), (ids[2], 3), (ids[3], 2)]
+    )
+    [failed] = report["failed"]
+    assert (failed["engine_id"], failed["error"], failed["attempts"]) == (
+        ids[1],
+        "ValueError: always fails attempt 3",
+        3,
+    )
+    assert re.search(
+        rf"durable task tests\.durable\.durable_app\.slow_once \({ids[3]}\) failed on attempt 1 "
+        r"of 2; retrying in 0s: TimeoutError: timed out after 0\.5 s",
+        worker.output,
+    ), worker.output
+    assert re.search(
+        rf"durable task tests\.durable\.durable_app\.flaky \({ids[0]}\) failed on attempt 2 "
+        r"of 3; retrying in 0\.2s: ValueError: twice fails attempt 2",
+        worker.output,
+    ), worker.output
 
 
 @pytest.mark.parametrize(

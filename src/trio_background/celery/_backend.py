@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import celery  # type: ignore[import-untyped]  # pyright: ignore[reportMissingTypeStubs]
 import trio
 
+from .._durable_policy import Refusal, policy_of, put_policy, refuse, requested_policy
+
 if TYPE_CHECKING:
+    from .._policy import TaskPolicy
     from .._tasks import BackgroundTask
 
 __all__ = ["CeleryBackend"]
@@ -83,6 +86,8 @@ class CeleryBackend:
         self.hand_off_timeout = _check_seconds("hand_off_timeout", hand_off_timeout)
         self._limiter = trio.CapacityLimiter(threads)
         self._by_func: dict[Callable[..., Any], Any] = {}
+        # The policy each function was registered with, to notice one put on later.
+        self._policies: dict[Callable[..., Any], TaskPolicy | None] = {}
         self._open = False
 
     def __repr__(self) -> str:
@@ -94,22 +99,73 @@ class CeleryBackend:
     def task(self, func: F, /) -> F: ...
 
     @overload
-    def task(self, /, *, name: str | None = None, **options: Any) -> Callable[[F], F]: ...
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        limit: int | None = None,
+        key: str | Callable[..., object] | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]: ...
 
     def task(
-        self, func: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        limit: int | None = None,
+        key: str | Callable[..., object] | None = None,
+        **options: Any,
     ) -> Any:
         """Register ``func`` on the Celery app: ``add_task(func, ...)`` publishes it.
 
-        Use as ``@backend.task`` or ``@backend.task(name=..., **celery_options)``
-        (the options are ``Celery.task``'s, e.g. ``time_limit``). The function
-        is returned unchanged: calling it runs it here and now; Celery's task
-        object is ``backend.celery_task(func)``.
+        Use as ``@backend.task``, ``@backend.task(retries=3, timeout=60)``
+        or ``@backend.task(name=..., **celery_options)`` (the options are
+        ``Celery.task``'s, e.g. ``rate_limit``). The function is returned
+        unchanged: calling it runs it here and now; Celery's task object is
+        ``backend.celery_task(func)``.
+
+        The policy options are :func:`trio_background.task`'s, with its
+        rules and messages, and the function gets that policy (a function
+        already decorated with ``@trio_background.task(...)`` below this
+        decorator brings its own). They become Celery's: ``timeout`` is
+        ``time_limit`` (the prefork pool enforces it), ``retries``,
+        ``retry_on``, ``backoff`` and ``max_backoff`` are ``max_retries``,
+        ``autoretry_for``, ``retry_backoff`` and ``retry_backoff_max`` with
+        ``retry_jitter=False`` (``backoff=0``: ``default_retry_delay=0``).
 
         Raises:
             TypeError: ``func`` is not a plain ``def`` function (Celery
-                workers run synchronous functions).
+                workers run synchronous functions); an option Celery cannot
+                honour (``limit``, ``key``, a ``timeout`` that ``retry_on``
+                would retry, a ``backoff`` or ``max_backoff`` that is not a
+                whole number of seconds); policy options given together with
+                the Celery options they set, or to a function that already
+                has a policy.
+            ValueError: An option is out of range (trio_background.task's
+                message).
         """
+        policy_options: dict[str, Any] = {
+            "timeout": timeout,
+            "retries": retries,
+            "retry_on": retry_on,
+            "backoff": backoff,
+            "max_backoff": max_backoff,
+            "limit": limit,
+            "key": key,
+        }
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
             if not inspect.isfunction(func):
@@ -128,10 +184,16 @@ class CeleryBackend:
                     f"backend.task got a generator function ({func.__qualname__}); a durable "
                     "task is called once: register a function that consumes the generator"
                 )
+            policy = requested_policy(func, policy_options)
             celery_options = dict(options)
+            if policy is not None:
+                celery_options.update(_celery_policy(policy, options))
             if name is not None:
                 celery_options["name"] = name
-            self._by_func[func] = self.app.task(**celery_options)(func)
+            celery_task = self.app.task(**celery_options)(func)
+            put_policy(func, policy)
+            self._by_func[func] = celery_task
+            self._policies[func] = policy
             return func
 
         if func is None:
@@ -171,9 +233,20 @@ class CeleryBackend:
         """Check that the broker answers (the middleware calls this at lifespan startup).
 
         Raises:
+            TypeError: A registered function got its policy after it was
+                registered (``@trio_background.task(...)`` above
+                ``@backend.task``): Celery's task was built without it.
             ConnectionError: The broker could not be reached within
                 ``hand_off_timeout``.
         """
+        for func, policy in self._policies.items():
+            if policy_of(func) is not policy:
+                raise TypeError(
+                    f"{func.__qualname__} got its @trio_background.task(...) policy after "
+                    "@backend.task registered it, so Celery's task was built without it: put "
+                    "@trio_background.task(...) below @backend.task (decorators apply "
+                    "bottom-up), or give the options to @backend.task(...)"
+                )
 
         def connect() -> None:
             with self.app.connection_for_write() as connection:
@@ -234,6 +307,93 @@ class CeleryBackend:
                 ) from exc
             raise
         return ids
+
+
+# The Celery options a policy sets: not to be given beside it.
+_POLICY_OPTIONS = (
+    "time_limit",
+    "max_retries",
+    "autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "default_retry_delay",
+)
+
+
+def _whole_seconds(option: str, value: float) -> Refusal | None:
+    if value.is_integer():
+        return None
+    return Refusal(
+        option,
+        f"Celery counts {'retry_backoff' if option == 'backoff' else 'retry_backoff_max'}= "
+        f"in whole seconds (it would round {value:g} down)",
+        f"pass a whole number of seconds to {option}=",
+    )
+
+
+def _celery_policy(policy: TaskPolicy, options: dict[str, Any]) -> dict[str, Any]:
+    """Celery's task options for ``policy``; raise if Celery cannot honour it.
+
+    Raises:
+        TypeError: See :meth:`CeleryBackend.task`.
+    """
+    clash = [option for option in _POLICY_OPTIONS if option in options]
+    if clash:
+        raise TypeError(
+            f"backend.task got Celery's {clash[0]}= for {policy.name} beside a policy: give "
+            "timeout=/retries=/retry_on=/backoff=/max_backoff= or Celery's options, not both"
+        )
+    refusals: list[Refusal | None] = []
+    if policy.limit is not None:
+        refusals.append(
+            Refusal(
+                "limit",
+                "Celery's rate_limit= spaces out the starts in each worker and --concurrency "
+                "bounds all of a worker's tasks; neither bounds the runs of one function "
+                "across workers",
+                "drop limit= (or leave the function out of the backend: in process, limit= holds)",
+            )
+        )
+    if policy.key is not None:
+        refusals.append(
+            Refusal(
+                "key",
+                "Celery has no deduplication: two messages of one task both run",
+                "drop key= and deduplicate before add_task (or leave the function out of the "
+                "backend: in process, key= holds)",
+            )
+        )
+    if policy.timeout is not None and policy.retries and issubclass(TimeoutError, policy.retry_on):
+        refusals.append(
+            Refusal(
+                "timeout",
+                "Celery's time_limit= kills an attempt that runs longer and never retries it, "
+                "while retry_on= covers TimeoutError",
+                "pass retry_on= types that do not cover TimeoutError (as Exception and OSError "
+                "do), or drop timeout=",
+            )
+        )
+    if policy.retries and policy.backoff:
+        refusals.append(_whole_seconds("backoff", policy.backoff))
+        refusals.append(_whole_seconds("max_backoff", policy.max_backoff))
+    refuse("Celery", policy, [r for r in refusals if r is not None])
+    mapped: dict[str, Any] = {}
+    if policy.timeout is not None:
+        mapped["time_limit"] = policy.timeout
+    if policy.retries:
+        mapped.update(
+            max_retries=policy.retries,
+            autoretry_for=policy.retry_on,
+            retry_jitter=False,
+        )
+        if policy.backoff:
+            mapped.update(
+                retry_backoff=int(policy.backoff), retry_backoff_max=int(policy.max_backoff)
+            )
+        else:
+            mapped.update(retry_backoff=False, default_retry_delay=0)
+    return mapped
 
 
 class _Publish:

@@ -26,6 +26,7 @@ write was confirmed, so the client got 2xx).
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -40,15 +41,19 @@ import streaq
 import trio
 from coredis.exceptions import ResponseError
 from streaq import Worker
-from streaq.types import Streaq
+from streaq.types import Streaq, StreaqRetry
 from streaq.utils import now_ms
+
+from .._durable_policy import Refusal, policy_of, put_policy, refuse, requested_policy
+from .._records import format_error
 
 if sys.version_info < (3, 11):  # pragma: no cover - streaQ needs 3.11, the checkers say 3.10
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from streaq.task import Task, TaskResult, TaskStatus
+    from streaq.task import RegisteredTask, Task, TaskResult, TaskStatus
 
+    from .._policy import TaskPolicy
     from .._tasks import BackgroundTask
 
 __all__ = ["DEFAULT_QUEUE", "Durable", "StreaqBackend", "make_streaq_worker"]
@@ -108,14 +113,29 @@ return escaped
 
 @dataclass(frozen=True, slots=True)
 class Durable:
-    """One registered function: what the worker runs under ``name``."""
+    """One registered function: what the worker runs under ``name``.
+
+    Its policy (timeout, retries) is the one the function carries when a
+    worker registers it (see :func:`trio_background.task`).
+    """
 
     name: str
     func: Callable[..., Any]
     is_async: bool
     max_tries: int | None
-    timeout: float | None
     ttl: float | None
+    max_tries_given: bool = False
+
+    @property
+    def policy(self) -> TaskPolicy | None:
+        """The function's policy, from ``backend.task(...)`` or ``@trio_background.task(...)``."""
+        return policy_of(self.func)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds per attempt (the policy's ``timeout``), or None."""
+        policy = self.policy
+        return None if policy is None else policy.timeout
 
 
 @dataclass(eq=False)
@@ -245,8 +265,14 @@ class StreaqBackend:
         *,
         name: str | None = None,
         max_tries: int | None = ...,
-        timeout: float | None = None,
         ttl: float | None = 300.0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        limit: int | None = None,
+        key: str | Callable[..., object] | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -256,14 +282,31 @@ class StreaqBackend:
         *,
         name: str | None = None,
         max_tries: int | _Unset | None = _UNSET,
-        timeout: float | None = None,
         ttl: float | None = 300.0,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        limit: int | None = None,
+        key: str | Callable[..., object] | None = None,
     ) -> Any:
         """Register ``func`` as durable: ``add_task(func, ...)`` hands it off.
 
-        Use as ``@backend.task`` or ``@backend.task(timeout=60)``. The
-        function is returned unchanged: calling it directly still runs it
-        here and now.
+        Use as ``@backend.task`` or ``@backend.task(timeout=60, retries=3)``.
+        The function is returned unchanged: calling it directly still runs
+        it here and now.
+
+        The policy options are :func:`trio_background.task`'s, with its
+        rules and messages, and the function gets that policy (a function
+        already decorated with ``@trio_background.task(...)`` keeps its
+        own). A worker honours it: ``timeout`` per attempt (the attempt
+        fails with ``TimeoutError("timed out after N s")``), and after a
+        failure in ``retry_on`` up to ``retries`` more attempts, each
+        ``min(backoff * 2**(n-2), max_backoff)`` seconds after the last
+        (streaQ's delayed queue: it starts within streaQ's half-second
+        poll of that time). streaQ then allows ``retries + 1`` tries in
+        all, a redelivery after a worker died counting as one.
 
         Args:
             func: A function defined with ``def`` or ``async def`` at module
@@ -272,22 +315,50 @@ class StreaqBackend:
                 ``"module.qualname"``. Web processes and workers must agree
                 on it; set it to keep old entries runnable after a rename.
             max_tries: How many times a worker may start one call (default:
-                the backend's).
-            timeout: Seconds one run may take before the worker cancels it
-                (None: no limit).
+                the backend's); with ``retries``, ``retries + 1``.
             ttl: Seconds the result stays readable with :meth:`result`.
+            timeout: Seconds per attempt (None: no limit).
+            retries: More attempts after a failure in ``retry_on``.
+            retry_on: The exception type(s) that are retried.
+            backoff: Seconds before the first retry, doubled for each next.
+            max_backoff: The longest wait between attempts.
+            limit: Refused: streaQ bounds the tasks of one worker
+                (``--concurrency``), not the runs of one function across
+                workers.
+            key: Refused: streaQ's ``unique`` lets one run of a function
+                at a time and fails the others; it does not merge two
+                hand-offs of one key.
 
         Raises:
-            TypeError: ``func`` is not a plain function.
-            ValueError: The name is taken, or cannot be found by a worker.
+            TypeError: ``func`` is not a plain function; an option has the
+                wrong type; ``limit`` or ``key`` (streaQ cannot honour
+                them); ``retries`` with ``max_tries``; options given to a
+                function that already has a policy.
+            ValueError: The name is taken, or cannot be found by a worker;
+                an option is out of range.
         """
         tries = self.max_tries if isinstance(max_tries, _Unset) else max_tries
         _check_max_tries(tries)
-        _check_seconds("timeout", timeout)
         _check_seconds("ttl", ttl)
+        options: dict[str, Any] = {
+            "timeout": timeout,
+            "retries": retries,
+            "retry_on": retry_on,
+            "backoff": backoff,
+            "max_backoff": max_backoff,
+            "limit": limit,
+            "key": key,
+        }
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
-            self._register(func, name=name, max_tries=tries, timeout=timeout, ttl=ttl)
+            self._register(
+                func,
+                name=name,
+                max_tries=tries,
+                max_tries_given=not isinstance(max_tries, _Unset),
+                ttl=ttl,
+                options=options,
+            )
             return func
 
         if func is None:
@@ -300,8 +371,9 @@ class StreaqBackend:
         *,
         name: str | None,
         max_tries: int | None,
-        timeout: float | None,
+        max_tries_given: bool,
         ttl: float | None,
+        options: dict[str, Any],
     ) -> None:
         if not inspect.isfunction(func):
             raise TypeError(
@@ -333,14 +405,17 @@ class StreaqBackend:
                 f"a durable function named {name!r} is already registered on {self!r}; "
                 "pass another name="
             )
+        policy = requested_policy(func, options)
         durable = Durable(
             name=name,
             func=func,
             is_async=inspect.iscoroutinefunction(func),
             max_tries=max_tries,
-            timeout=timeout,
             ttl=ttl,
+            max_tries_given=max_tries_given,
         )
+        _streaq_tries(durable, policy)
+        put_policy(func, policy)
         self._by_name[name] = durable
         self._by_func[func] = durable
         if self._client is not None:
@@ -735,11 +810,112 @@ async def _load_functions(client: Worker[None]) -> None:
     await Streaq(client.redis, code=code, replace=True)
 
 
+_REFUSALS = {
+    "limit": Refusal(
+        "limit",
+        "streaQ bounds how many tasks one worker runs (--concurrency), not how many runs of "
+        "one function run at once across workers",
+        "drop limit= (or leave the function out of the backend: in process, limit= holds)",
+    ),
+    "key": Refusal(
+        "key",
+        "streaQ's unique= lets one run of a function at a time and fails the others, it does "
+        "not merge two hand-offs of one key",
+        "drop key= and deduplicate before add_task (or leave the function out of the "
+        "backend: in process, key= holds)",
+    ),
+}
+
+
+def _streaq_tries(durable: Durable, policy: TaskPolicy | None) -> int | None:
+    """streaQ's ``max_tries`` for ``durable`` under ``policy``; raise if streaQ cannot honour it.
+
+    Raises:
+        TypeError: The policy has ``limit`` or ``key``, or ``retries`` while
+            ``max_tries`` was given too.
+    """
+    if policy is None:
+        return durable.max_tries
+    refusals = [refusal for option, refusal in _REFUSALS.items() if getattr(policy, option)]
+    refuse("streaQ", policy, refusals)
+    if not policy.retries:
+        return durable.max_tries
+    if durable.max_tries_given:
+        raise TypeError(
+            f"backend.task got max_tries= for {policy.name}, whose policy has retries=: "
+            "give retries= (a worker then allows retries + 1 tries) or max_tries=, not both"
+        )
+    return policy.retries + 1
+
+
 def _register_on(worker: Worker[None], durable: Durable) -> None:
-    func = durable.func
-    worker.task(
-        name=durable.name,
-        max_tries=durable.max_tries,
-        timeout=_td(durable.timeout),
-        ttl=_td(durable.ttl),
-    )(func)
+    # The policy as the function carries it now: @trio_background.task(...)
+    # may have been applied above @backend.task, after registration.
+    policy = durable.policy
+    max_tries = _streaq_tries(durable, policy)
+    register = worker.task(name=durable.name, max_tries=max_tries, ttl=_td(durable.ttl))
+    if policy is None or (not policy.retries and policy.timeout is None):
+        register(durable.func)
+        return
+    under_policy = _PolicyRun(durable, policy)
+    under_policy.registered = register(under_policy.run)
+
+
+class _PolicyRun:
+    """A durable function run under its policy, in a streaQ worker.
+
+    streaQ's own ``timeout`` fails a run with its own error and retries a
+    timed-out run only after ``tries**2`` seconds, and streaQ retries an
+    exception only if the task raises ``StreaqRetry``. So each attempt runs
+    here under the policy's ``timeout`` (as in process: ``TimeoutError("timed
+    out after N s")``, a sync attempt abandoned in its thread), and a
+    failure in ``retry_on`` becomes ``StreaqRetry`` with the policy's delay,
+    while streaQ's try count (which counts redeliveries too) allows one more.
+    """
+
+    def __init__(self, durable: Durable, policy: TaskPolicy) -> None:
+        self.durable = durable
+        self.policy = policy
+        self.registered: RegisteredTask | None = None
+
+    async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        func = self.durable.func
+        if self.durable.is_async:
+            return await func(*args, **kwargs)
+        return await trio.to_thread.run_sync(
+            functools.partial(func, *args, **kwargs), abandon_on_cancel=True
+        )
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        policy = self.policy
+        try:
+            if policy.timeout is None:
+                return await self._call(args, kwargs)
+            with trio.move_on_after(policy.timeout):
+                return await self._call(args, kwargs)
+            raise TimeoutError(f"timed out after {policy.timeout:g} s")
+        except BaseException as failure:
+            if (
+                isinstance(failure, (trio.Cancelled, StreaqRetry))
+                or not isinstance(failure, policy.retry_on)
+                or self.registered is None
+            ):
+                raise
+            tries = self.registered.context.tries
+            if tries > policy.retries:
+                raise
+            delay = policy.delay(tries + 1)
+            logger.warning(
+                "durable task %s (%s) failed on attempt %d of %d; retrying in %gs: %s",
+                self.durable.name,
+                self.registered.context.task_id,
+                tries,
+                policy.retries + 1,
+                delay,
+                format_error(failure),
+            )
+            raise StreaqRetry(
+                f"attempt {tries} of {policy.retries + 1} failed, retrying in {delay:g}s: "
+                f"{format_error(failure)}",
+                delay=timedelta(seconds=delay),
+            ) from failure

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from streaq import Worker
+from streaq.types import StreaqRetry
 
 from .._records import FINAL_STATES, ShutdownReport, TaskRecord
 from .._supervisor import DEFAULT_DRAIN_TIMEOUT
@@ -95,7 +96,11 @@ class _Recorder:
             try:
                 result = await run(*args, **kwargs)
             except trio.Cancelled:
-                self._cancelled(context.fn_name, context.task_id, number, started)
+                self._cancelled(context.fn_name, context.task_id, number, started, context.tries)
+                raise
+            except StreaqRetry:
+                # Not over: streaQ runs it again (the policy's retries), and
+                # the run that ends it is recorded with its attempts.
                 raise
             except BaseException as exc:
                 self._add(
@@ -106,14 +111,24 @@ class _Recorder:
                     TaskState.FAILED,
                     error=exc,
                     reason=f"try {context.tries}",
+                    attempts=context.tries,
                 )
                 raise
-            self._add(context.fn_name, context.task_id, number, started, TaskState.COMPLETED)
+            self._add(
+                context.fn_name,
+                context.task_id,
+                number,
+                started,
+                TaskState.COMPLETED,
+                attempts=context.tries,
+            )
             return result
 
         return recorded
 
-    def _cancelled(self, name: str, task_id: str, number: int, started: float) -> None:
+    def _cancelled(
+        self, name: str, task_id: str, number: int, started: float, attempts: int
+    ) -> None:
         if self._shutdown_at is None:
             # streaQ's own timeout for the task (or an abort): it fails there.
             self._add(
@@ -122,6 +137,7 @@ class _Recorder:
                 number,
                 started,
                 TaskState.FAILED,
+                attempts=attempts,
                 error=TimeoutError("its timeout expired (or it was aborted)"),
             )
         elif self._is_async.get(name, True):
@@ -131,6 +147,7 @@ class _Recorder:
                 number,
                 started,
                 TaskState.CANCELLED,
+                attempts=attempts,
                 reason="cut by the drain deadline; streaQ puts it back in the queue "
                 "for another worker",
             )
@@ -141,6 +158,7 @@ class _Recorder:
                 number,
                 started,
                 TaskState.ABANDONED,
+                attempts=attempts,
                 reason="its thread was still running at the drain deadline; streaQ "
                 "puts it back in the queue for another worker",
             )
@@ -155,6 +173,7 @@ class _Recorder:
         *,
         error: BaseException | None = None,
         reason: str | None = None,
+        attempts: int = 1,
     ) -> None:
         ended = trio.current_time()
         shutdown = self._shutdown_at
@@ -177,6 +196,7 @@ class _Recorder:
             ended_at=round(ended - self._epoch, 6),
             overrun=overrun,
             engine_id=task_id,
+            attempts=attempts,
         )
         self._counts[state.value] += 1
         if state in self._done:
