@@ -344,6 +344,11 @@ async def test_odd_ids_are_a_short_404(path: str) -> None:
             "after=1",
             "after must be a task id such as 1.0 (the 'next' of the previous page), got '1'",
         ),
+        (
+            f"after={os.getpid() + 1}-1.0",
+            f"after must be a task id of worker pid {os.getpid()}, got '{os.getpid() + 1}-1.0': "
+            "this page's cursor came from another worker; start again from the first page",
+        ),
     ],
 )
 async def test_a_query_it_cannot_read_is_a_short_400(query: str, message: str) -> None:

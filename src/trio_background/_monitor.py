@@ -248,7 +248,19 @@ class TaskMonitor:
             except _BadQuery as exc:
                 await _respond_text(send, 400, str(exc))
                 return
-            await _respond_json(send, 200, tasks_page(supervisor, limit=limit, after=after))
+            try:
+                answer = tasks_page(supervisor, limit=limit, after=after)
+            except ValueError:
+                # Another worker's id (with --workers, a poll may reach any of them).
+                await _respond_text(
+                    send,
+                    400,
+                    f"after must be a task id of worker pid {os.getpid()}, got "
+                    f"{_echo(after or '')}: this page's cursor came from another worker; "
+                    "start again from the first page",
+                )
+                return
+            await _respond_json(send, 200, answer)
         elif path.startswith("/tasks/"):
             task_id = path.removeprefix("/tasks/")
             record = supervisor.task(task_id) if _TASK_ID.fullmatch(task_id) else None
