@@ -15,6 +15,7 @@ import trio
 import trio.testing
 from fastapi import FastAPI, Request
 
+import trio_background
 from trio_background import (
     BackgroundTask,
     BackgroundTasks,
@@ -578,3 +579,39 @@ async def test_a_forged_cancel_is_refused(headers: dict[str, str], why: str) -> 
 def test_allow_cancel_is_checked() -> None:
     with pytest.raises(TypeError, match=r"^allow_cancel must be True or False, got 'yes'$"):
         monitor(allow_cancel="yes")  # type: ignore[arg-type]
+
+
+async def test_the_monitor_shows_attempts_and_timeouts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    app.mount("/admin/tasks", monitor())
+    calls: list[int] = []
+
+    @trio_background.task(retries=2, backoff=3, retry_on=ConnectionError)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+
+    @trio_background.task(timeout=2, retries=1, backoff=1)
+    async def slow() -> None:
+        await trio.sleep(60)
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasksDependency) -> None:
+        background_tasks.add_task(flaky)
+        background_tasks.add_task(slow)
+
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/work")
+        await server.supervisor.wait_idle()
+        finished = (await http.get("/admin/tasks/tasks")).json()["finished"]
+        one = (await http.get("/admin/tasks/tasks/1.1")).json()
+    # slow: an attempt of 2 s, a wait of 1 s, an attempt of 2 s.
+    assert [(r["id"], r["state"], r["attempts"], r["error"]) for r in finished] == [
+        ("1.0", "completed", 3, None),
+        ("1.1", "failed", 2, "TimeoutError: timed out after 2 s"),
+    ]
+    assert one["ended_at"] - one["started_at"] == 5
