@@ -488,8 +488,13 @@ async def test_cancel_from_the_page_answers_what_it_changed() -> None:
         not_an_id = await cancel("%C2%B2.0")
         elsewhere = await cancel(f"{os.getpid() + 1}-1.0")
         got = await http.get(f"/admin/tasks/tasks/{other}/cancel")
+        elsewhere_posted = await http.post("/admin/tasks/tasks", headers=CANCEL_HEADERS)
         report = await server.shutdown(mode="cancel")
     assert 'data-cancel="on"' in page.text
+    assert (elsewhere_posted.status_code, elsewhere_posted.text) == (
+        405,
+        "the task monitor is read-only: use GET (or POST /tasks/<id>/cancel from its page)",
+    )
     assert (skipped.status_code, skipped.json()) == (
         200,
         {"id": pending, "cancelled": True, "state": "skipped"},
