@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import tracemalloc
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
 from fastapi import FastAPI, Request
 
+import trio_background
 from trio_background import (
+    BackgroundTask,
     BackgroundTasks,
     BackgroundTasksMiddleware,
     Progress,
@@ -24,7 +28,7 @@ from trio_background import (
     supervisor_from_scope,
 )
 from trio_background.fastapi import BackgroundTasks as BackgroundTasksDependency
-from trio_background.testing import BackgroundClient, open_client
+from trio_background.testing import BackgroundClient, open_client, open_live_server
 
 
 def progress_app(steps: int = 4) -> FastAPI:
@@ -341,6 +345,11 @@ async def test_odd_ids_are_a_short_404(path: str) -> None:
             "after=1",
             "after must be a task id such as 1.0 (the 'next' of the previous page), got '1'",
         ),
+        (
+            f"after={os.getpid() + 1}-1.0",
+            f"after must be a task id of worker pid {os.getpid()}, got '{os.getpid() + 1}-1.0': "
+            "this page's cursor came from another worker; start again from the first page",
+        ),
     ],
 )
 async def test_a_query_it_cannot_read_is_a_short_400(query: str, message: str) -> None:
@@ -401,3 +410,213 @@ async def test_handed_off_tasks_show_with_their_engine_id() -> None:
     [record] = data["finished"]
     assert (record["state"], record["engine_id"]) == ("handed_off", "job-0")
     assert one == record
+
+
+# Issue 26: a cancel button, only when the app opts in, that no other origin can press.
+
+CANCEL_HEADERS = {
+    "X-Requested-With": "trio-background-monitor",
+    "Content-Type": "application/json",
+}
+
+
+def cancellable_app(*, allow_cancel: bool) -> tuple[FastAPI, list[BackgroundTask]]:
+    """``POST /hang`` adds a task that waits forever; ``POST /two`` adds it and one after it."""
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    app.mount("/admin/tasks", monitor(allow_cancel=allow_cancel))
+    handles: list[BackgroundTask] = []
+
+    async def hang() -> None:
+        await trio.sleep_forever()
+
+    async def later() -> None:
+        pass
+
+    @app.post("/hang")
+    async def one(background_tasks: BackgroundTasksDependency) -> str | None:
+        handles.append(background_tasks.add_task(hang))
+        return handles[-1].id
+
+    @app.post("/two")
+    async def two(background_tasks: BackgroundTasksDependency) -> list[str | None]:
+        handles.append(background_tasks.add_task(hang))
+        handles.append(background_tasks.add_task(later))
+        return [handles[-2].id, handles[-1].id]
+
+    return app, handles
+
+
+async def test_without_allow_cancel_there_is_no_button_and_no_endpoint() -> None:
+    app, handles = cancellable_app(allow_cancel=False)
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        task_id = (await http.post("/hang")).json()
+        await trio.testing.wait_all_tasks_blocked()
+        posted = await http.post(f"/admin/tasks/tasks/{task_id}/cancel", headers=CANCEL_HEADERS)
+        got = await http.get(f"/admin/tasks/tasks/{task_id}/cancel")
+        page = await http.get("/admin/tasks/")
+        assert handles[0].state is TaskState.RUNNING
+        report = await server.shutdown(mode="cancel")
+    assert posted.status_code == 405
+    assert posted.text == "the task monitor is read-only: use GET"
+    assert posted.headers["allow"] == "GET, HEAD"
+    assert got.status_code == 404
+    assert 'data-cancel="off"' in page.text
+    assert [r.reason for r in report.cancelled] == ["cancelled while running"]
+
+
+async def test_cancel_from_the_page_answers_what_it_changed() -> None:
+    app, handles = cancellable_app(allow_cancel=True)
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        running = (await http.post("/hang")).json()
+        other, pending = (await http.post("/two")).json()
+        await trio.testing.wait_all_tasks_blocked()
+        page = await http.get("/admin/tasks/")
+
+        async def cancel(task_id: str, **headers: str) -> httpx.Response:
+            return await http.post(
+                f"/admin/tasks/tasks/{task_id}/cancel",
+                headers={**CANCEL_HEADERS, **headers},
+                content=b"{}",
+            )
+
+        skipped = await cancel(pending)
+        cut = await cancel(running, origin=server.url)  # a browser without Sec-Fetch-Site
+        await handles[0].wait()
+        again = await cancel(running)
+        unknown = await cancel("7.7")
+        not_an_id = await cancel("%C2%B2.0")
+        elsewhere = await cancel(f"{os.getpid() + 1}-1.0")
+        got = await http.get(f"/admin/tasks/tasks/{other}/cancel")
+        elsewhere_posted = await http.post("/admin/tasks/tasks", headers=CANCEL_HEADERS)
+        report = await server.shutdown(mode="cancel")
+    assert 'data-cancel="on"' in page.text
+    assert (elsewhere_posted.status_code, elsewhere_posted.text) == (
+        405,
+        "the task monitor is read-only: use GET (or POST /tasks/<id>/cancel from its page)",
+    )
+    assert (skipped.status_code, skipped.json()) == (
+        200,
+        {"id": pending, "cancelled": True, "state": "skipped"},
+    )
+    # The cut reaches the task at its next checkpoint, after the answer.
+    assert (cut.status_code, cut.json()) == (
+        200,
+        {"id": running, "cancelled": True, "state": "running"},
+    )
+    assert (again.status_code, again.json()) == (
+        200,
+        {"id": running, "cancelled": False, "state": "cancelled"},
+    )
+    for missing in (unknown, not_an_id):
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "no such task, or its record was dropped"}
+    assert elsewhere.status_code == 404
+    assert elsewhere.json() == {
+        "error": f"task {os.getpid() + 1}-1.0 belongs to worker pid {os.getpid() + 1}, and "
+        f"this is pid {os.getpid()}: cancel it from a page that worker served"
+    }
+    assert (got.status_code, got.headers["allow"]) == (405, "POST")
+    assert [(r.id, r.reason) for r in report.cancelled] == [
+        (running, "cancelled by the app"),
+        (other, "cancelled while running"),
+    ]
+    assert [(r.id, r.reason) for r in report.skipped] == [(pending, "cancelled by the app")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        # What an HTML form can send: none of its encodings is JSON, and it sets no header.
+        (
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "the request lacks the header X-Requested-With: trio-background-monitor",
+        ),
+        (
+            {"Content-Type": "text/plain", "X-Requested-With": "trio-background-monitor"},
+            "the request's Content-Type is not application/json",
+        ),
+        (
+            {**CANCEL_HEADERS, "X-Requested-With": "XMLHttpRequest"},
+            "the request lacks the header X-Requested-With: trio-background-monitor",
+        ),
+        # An app whose CORS middleware answered the preflight: the browser still says.
+        (
+            {**CANCEL_HEADERS, "Sec-Fetch-Site": "same-site"},
+            "the browser says the request comes from another origin (same-site)",
+        ),
+        (
+            {**CANCEL_HEADERS, "Sec-Fetch-Site": "cross-site"},
+            "the browser says the request comes from another origin (cross-site)",
+        ),
+        (
+            {**CANCEL_HEADERS, "Origin": "http://127.0.0.1:1"},
+            "the request's Origin is not this server",
+        ),
+        ({**CANCEL_HEADERS, "Origin": "null"}, "the request's Origin is not this server"),
+    ],
+)
+async def test_a_forged_cancel_is_refused(headers: dict[str, str], why: str) -> None:
+    app, handles = cancellable_app(allow_cancel=True)
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        task_id = (await http.post("/hang")).json()
+        await trio.testing.wait_all_tasks_blocked()
+        refused = await http.post(
+            f"/admin/tasks/tasks/{task_id}/cancel", headers=headers, content=b'{"a": "b"}'
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        still = server.supervisor.task(task_id)
+        assert still is not None
+        assert still.state is TaskState.RUNNING
+        # The same request from the page itself is honoured.
+        honoured = await http.post(
+            f"/admin/tasks/tasks/{task_id}/cancel",
+            headers={**CANCEL_HEADERS, "Sec-Fetch-Site": "same-origin"},
+        )
+        await handles[0].wait()
+    assert refused.status_code == 403
+    assert refused.text == f"cancel refused: {why}; cancel tasks from the monitor's own page"
+    assert refused.headers["x-content-type-options"] == "nosniff"
+    assert honoured.json()["cancelled"] is True
+    assert handles[0].state is TaskState.CANCELLED
+
+
+def test_allow_cancel_is_checked() -> None:
+    with pytest.raises(TypeError, match=r"^allow_cancel must be True or False, got 'yes'$"):
+        monitor(allow_cancel="yes")  # type: ignore[arg-type]
+
+
+async def test_the_monitor_shows_attempts_and_timeouts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    app.mount("/admin/tasks", monitor())
+    calls: list[int] = []
+
+    @trio_background.task(retries=2, backoff=3, retry_on=ConnectionError)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+
+    @trio_background.task(timeout=2, retries=1, backoff=1)
+    async def slow() -> None:
+        await trio.sleep(60)
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasksDependency) -> None:
+        background_tasks.add_task(flaky)
+        background_tasks.add_task(slow)
+
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/work")
+        await server.supervisor.wait_idle()
+        finished = (await http.get("/admin/tasks/tasks")).json()["finished"]
+        one = (await http.get("/admin/tasks/tasks/1.1")).json()
+    # slow: an attempt of 2 s, a wait of 1 s, an attempt of 2 s.
+    assert [(r["id"], r["state"], r["attempts"], r["error"]) for r in finished] == [
+        ("1.0", "completed", 3, None),
+        ("1.1", "failed", 2, "TimeoutError: timed out after 2 s"),
+    ]
+    assert one["ended_at"] - one["started_at"] == 5

@@ -15,7 +15,8 @@ import pytest
 import trio
 from fastapi import FastAPI
 
-from trio_background import BackgroundTasksMiddleware, monitor, report_progress
+import trio_background
+from trio_background import BackgroundTask, BackgroundTasksMiddleware, monitor, report_progress
 from trio_background.fastapi import BackgroundTasks
 from trio_background.testing import open_live_server
 
@@ -226,3 +227,245 @@ async def test_the_page_names_its_worker_and_says_when_it_lost_contact() -> None
     assert live.startswith(f"Showing worker pid {os.getpid()}; last heard from the server ")
     assert lost.startswith("Lost contact with the server: no answer for ")
     assert lost.endswith(f"what is shown is worker pid {os.getpid()} as of then.")
+
+
+# Issue 26: the cancel button, and what a page on another origin can do with it.
+
+
+class Recorder:
+    """An ASGI wrapper that notes each request's method, headers and answer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[dict[str, Any]] = []
+        self.posts = 0
+        self.posted = trio.Event()
+        self.expected_posts = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "GET":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        note: dict[str, Any] = {
+            "method": scope["method"],
+            "path": scope["path"],
+            "sec-fetch-site": headers.get("sec-fetch-site"),
+            "content-type": headers.get("content-type"),
+            "x-requested-with": headers.get("x-requested-with"),
+        }
+
+        async def noting(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                note["status"] = message["status"]
+                self.seen.append(note)
+                if scope["method"] == "POST":
+                    self.posts += 1
+                    if self.posts == self.expected_posts:
+                        self.posted.set()
+            await send(message)
+
+        await self.app(scope, receive, noting)
+
+
+def hanging_app() -> tuple[FastAPI, Recorder, list[BackgroundTask]]:
+    """A monitor that allows cancelling at /admin/tasks, a read-only one at /readonly."""
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware)
+    recorder = Recorder(monitor(poll_interval=0.1, allow_cancel=True))
+    app.mount("/admin/tasks", recorder)
+    app.mount("/readonly", monitor(poll_interval=0.1))
+    handles: list[BackgroundTask] = []
+    calls: list[int] = []
+
+    async def hang() -> None:
+        await trio.sleep_forever()
+
+    @trio_background.task(retries=2, backoff=0, retry_on=ConnectionError)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+
+    @app.post("/hang")
+    async def start(background_tasks: BackgroundTasks) -> str | None:
+        handles.append(background_tasks.add_task(hang))
+        return handles[-1].id
+
+    @app.post("/flaky")
+    async def flaky_route(background_tasks: BackgroundTasks) -> str | None:
+        handles.append(background_tasks.add_task(flaky))
+        return handles[-1].id
+
+    return app, recorder, handles
+
+
+async def test_the_cancel_button_cancels_a_running_task() -> None:
+    from playwright.sync_api import sync_playwright
+
+    app, recorder, handles = hanging_app()
+    async with open_live_server(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            flaky_id = (await client.post("/flaky")).json()
+            await handles[0].wait()
+            task_id = (await client.post("/hang")).json()
+            other_id = (await client.post("/hang")).json()
+
+        def browse() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            row = f'[id="task-{task_id}"]'
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(20_000)
+                    errors: list[str] = []
+                    page.on("pageerror", lambda exc: errors.append(str(exc)))
+                    # Without allow_cancel: no button.
+                    page.goto(f"{server.url}/readonly/")
+                    page.wait_for_selector(f"#active {row}")
+                    seen["readonly_buttons"] = page.eval_on_selector_all(
+                        "button.cancel", "e => e.length"
+                    )
+                    page.goto(f"{server.url}/admin/tasks/")
+                    page.wait_for_selector(f"#active {row} button.cancel")
+                    seen["buttons"] = page.eval_on_selector_all(
+                        "#active button.cancel", "e => e.length"
+                    )
+                    seen["attempts"] = page.inner_text(f'[id="task-{flaky_id}"] .attempts')
+                    seen["one_attempt"] = page.inner_text(f"#active {row} .attempts")
+                    page.click(f"#active {row} button.cancel")
+                    page.wait_for_selector(f'#finished {row}[data-state="cancelled"]')
+                    seen["status"] = page.inner_text("#cancel-status")
+                    seen["other"] = page.get_attribute(f'[id="task-{other_id}"]', "data-state")
+                    seen["errors"] = errors
+                finally:
+                    browser.close()
+            return seen
+
+        seen = await trio.to_thread.run_sync(browse)
+        report = await server.shutdown(mode="cancel")
+    assert seen["readonly_buttons"] == 0
+    assert seen["buttons"] == 2
+    assert seen["attempts"] == "3 attempts"
+    assert seen["one_attempt"] == ""
+    assert seen["status"] == f"Cancelled task {task_id}."
+    assert seen["other"] == "running"
+    assert seen["errors"] == []
+    [post] = [note for note in recorder.seen if note["method"] == "POST"]
+    assert post == {
+        "method": "POST",
+        "path": f"/admin/tasks/tasks/{task_id}/cancel",
+        "sec-fetch-site": "same-origin",
+        "content-type": "application/json",
+        "x-requested-with": "trio-background-monitor",
+        "status": 200,
+    }
+    assert [(r.id, r.reason) for r in report.cancelled] == [
+        (task_id, "cancelled by the app"),
+        (other_id, "cancelled while running"),
+    ]
+    [completed] = report.completed
+    assert (completed.id, completed.attempts) == (flaky_id, 3)
+
+
+HOSTILE_PAGE = """<!doctype html>
+<html><body>
+<iframe name="sink"></iframe>
+<form id="form" method="POST" enctype="text/plain" target="sink" action="__URL__">
+<input type="hidden" name='{"a": "' value='b"}'>
+</form>
+<script>
+const URL_ = "__URL__";
+const HEADERS = {"X-Requested-With": "trio-background-monitor",
+                 "Content-Type": "application/json"};
+window.results = {};
+(async () => {
+  try {
+    const r = await fetch(URL_, {method: "POST", headers: HEADERS, body: "{}"});
+    window.results.cors = "answered " + r.status;
+  } catch (e) { window.results.cors = "refused: " + e.name; }
+  try {
+    const r = await fetch(URL_, {method: "POST", mode: "no-cors", headers: HEADERS, body: "{}"});
+    window.results.nocors = r.type;
+  } catch (e) { window.results.nocors = "refused: " + e.name; }
+  document.getElementById("form").submit();
+  window.results.done = true;
+})();
+</script>
+</body></html>
+"""
+
+
+async def test_a_page_on_another_origin_cannot_cancel() -> None:
+    from playwright.sync_api import sync_playwright
+
+    app, recorder, _ = hanging_app()
+    recorder.expected_posts = 2  # the no-cors fetch and the form; the CORS one never leaves
+    async with open_live_server(app) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            task_id = (await client.post("/hang")).json()
+        cancel_url = f"{server.url}/admin/tasks/tasks/{task_id}/cancel"
+        page_html = HOSTILE_PAGE.replace("__URL__", cancel_url).encode()
+
+        async def hostile(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": page_html})
+
+        async with open_live_server(hostile) as other:
+            assert other.url != server.url  # another port: another origin
+
+            async def all_posts_answered() -> None:
+                with trio.fail_after(20):
+                    await recorder.posted.wait()
+
+            def browse() -> dict[str, Any]:
+                with sync_playwright() as playwright:
+                    browser = playwright.chromium.launch(
+                        executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+                    )
+                    try:
+                        page = browser.new_page()
+                        page.set_default_timeout(20_000)
+                        page.goto(f"{other.url}/")
+                        page.wait_for_function("() => window.results.done === true")
+                        trio.from_thread.run(all_posts_answered)
+                        results: dict[str, Any] = page.evaluate("() => window.results")
+                    finally:
+                        browser.close()
+                return results
+
+            results = await trio.to_thread.run_sync(browse)
+        await trio.testing.wait_all_tasks_blocked()
+        still = server.supervisor.task(task_id)
+        assert still is not None
+        assert still.state.value == "running"
+        report = await server.shutdown(mode="cancel")
+    # The browser refused the CORS fetch itself: its preflight got no CORS headers.
+    assert results["cors"] == "refused: TypeError"
+    assert results["nocors"] == "opaque"
+    # The preflight (answered without CORS headers), then the no-cors fetch and the form.
+    requests = [(n["method"], n["status"], n["sec-fetch-site"]) for n in recorder.seen]
+    assert requests == [
+        ("OPTIONS", 405, "same-site"),
+        ("POST", 403, "same-site"),
+        ("POST", 403, "same-site"),
+    ]
+    # What a form and a no-cors fetch can send: neither the header nor the type.
+    for note in recorder.seen[1:]:
+        assert note["x-requested-with"] is None
+        assert note["content-type"].startswith("text/plain")
+    assert [(r.id, r.reason) for r in report.cancelled] == [(task_id, "cancelled while running")]

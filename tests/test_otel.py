@@ -12,15 +12,17 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+import trio_background
 from trio_background import BackgroundTasks, BackgroundTasksMiddleware, Supervisor, from_scope
 from trio_background.otel import TaskTracer
-from trio_background.testing import open_client
+from trio_background.testing import open_client, open_live_server
 
 from .conftest import Receive, Scope, Send, send_text
 from .test_hypercorn import hypercorn_on_loopback
@@ -168,3 +170,49 @@ async def test_a_batch_run_outside_a_request_has_unlinked_spans() -> None:
     assert span.name == "background sleep"
     assert span.links == ()
     assert span.parent is None
+
+
+# Issue 26: a retried task's span says how many attempts it took.
+
+
+async def test_a_retried_task_says_its_attempts(autojump_clock: trio.testing.MockClock) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    calls: list[int] = []
+
+    @trio_background.task(retries=2, backoff=1, retry_on=ConnectionError)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+
+    @trio_background.task(timeout=2)
+    async def slow() -> None:
+        await trio.sleep(60)
+
+    async def plain() -> None:
+        pass
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        batch = from_scope(scope)
+        for func in (flaky, slow, plain):
+            batch.add_task(func)
+        await send_text(send, "ok")
+
+    traced = BackgroundTasksMiddleware(app, observers=[TaskTracer(tracer_provider=provider)])
+    async with open_live_server(traced) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/")
+        await server.supervisor.wait_idle()
+    attributes = {
+        span.name.rsplit(".", 1)[-1]: dict(span.attributes or {})
+        for span in exporter.get_finished_spans()
+    }
+    assert attributes["flaky"]["trio_background.task.attempts"] == 3
+    assert attributes["flaky"]["trio_background.task.state"] == "completed"
+    assert attributes["slow"]["trio_background.task.error"] == "TimeoutError: timed out after 2 s"
+    # One attempt each: no attribute.
+    assert "trio_background.task.attempts" not in attributes["slow"]
+    assert "trio_background.task.attempts" not in attributes["plain"]

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import trio_background
 from trio_background import (
     BackgroundTask,
     BackgroundTasks,
@@ -413,3 +414,87 @@ async def test_metrics_page_without_task_metrics_says_so(
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"metrics page: {note}"
     ]
+
+
+# Issue 26: retries and timeouts, through real Hypercorn under a MockClock.
+
+
+def policy_app(metrics: TaskMetrics) -> FastAPI:
+    """``POST /mix`` adds one task of each kind; ``POST /hang`` one that waits forever
+    and one behind it."""
+    app = FastAPI()
+    app.add_middleware(BackgroundTasksMiddleware, observers=[metrics])
+    app.add_route("/metrics", metrics.app(), include_in_schema=False)
+    calls: list[float] = []
+
+    @trio_background.task(retries=3, backoff=2, retry_on=ConnectionError)
+    async def flaky() -> None:
+        calls.append(trio.current_time())
+        if len(calls) < 3:
+            raise ConnectionError(f"attempt {len(calls)}")
+
+    @trio_background.task(timeout=5, retries=1, backoff=1)
+    async def slow() -> None:
+        await trio.sleep(60)
+
+    async def plain() -> None:
+        await trio.sleep(1)
+
+    async def own_timeout() -> None:
+        # Its own TimeoutError, with no policy: a failure, not a policy's timeout.
+        raise TimeoutError("timed out after 5 s")
+
+    async def hang() -> None:
+        await trio.sleep_forever()
+
+    @app.post("/mix")
+    async def mix(background_tasks: FastAPIBackgroundTasks) -> None:
+        for func in (flaky, slow, plain, own_timeout):
+            background_tasks.start_soon(func)
+
+    @app.post("/hang")
+    async def hang_route(background_tasks: FastAPIBackgroundTasks) -> None:
+        background_tasks.add_task(hang)
+        background_tasks.add_task(plain)
+
+    return app
+
+
+async def test_attempts_and_timeouts(autojump_clock: trio.testing.MockClock) -> None:
+    metrics = TaskMetrics(registry=CollectorRegistry())
+    app = policy_app(metrics)
+    async with open_live_server(app) as server, httpx.AsyncClient(base_url=server.url) as http:
+        await http.post("/mix")
+        await server.supervisor.wait_idle()
+        scraped = parse((await http.get("/metrics")).text)
+        await http.post("/hang")
+        await trio.testing.wait_all_tasks_blocked()
+        report = await server.shutdown(mode="cancel")
+    after = parse(generate_latest(metrics.registry).decode())
+    assert [(r.name.rsplit(".", 1)[-1], r.attempts) for r in report.completed] == [
+        ("flaky", 3),
+        ("plain", 1),
+    ]
+    assert [(r.name.rsplit(".", 1)[-1], r.attempts, r.error) for r in report.failed] == [
+        ("slow", 2, "TimeoutError: timed out after 5 s"),
+        ("own_timeout", 1, "TimeoutError: timed out after 5 s"),
+    ]
+    attempts = "trio_background_task_attempts"
+    completed = (("state", "completed"),)
+    failed = (("state", "failed"),)
+    # flaky ran 3 times, plain once; slow twice (both timed out), own_timeout once.
+    assert (scraped[(f"{attempts}_count", completed)], scraped[(f"{attempts}_sum", completed)]) == (
+        2,
+        4,
+    )
+    assert scraped[(f"{attempts}_bucket", (("le", "1.0"), *completed))] == 1
+    assert scraped[(f"{attempts}_bucket", (("le", "2.0"), *completed))] == 1
+    assert scraped[(f"{attempts}_bucket", (("le", "3.0"), *completed))] == 2
+    assert (scraped[(f"{attempts}_count", failed)], scraped[(f"{attempts}_sum", failed)]) == (2, 3)
+    # Only the policy's timeout counts.
+    assert scraped[("trio_background_task_timeouts_total", ())] == 1
+    # The cut task had run once; the one skipped behind it never started: not observed.
+    assert after[(f"{attempts}_count", (("state", "cancelled"),))] == 1
+    assert after[(f"{attempts}_sum", (("state", "cancelled"),))] == 1
+    assert (f"{attempts}_count", (("state", "skipped"),)) not in after
+    assert after[("trio_background_task_timeouts_total", ())] == 1

@@ -8,6 +8,9 @@ relative to where it is mounted:
 - ``GET /tasks?limit=&after=``: one page of the unfinished tasks, the exact
   counts, and the most recent finished tasks, as JSON.
 - ``GET /tasks/<id>``: one task's record as JSON, or 404.
+- ``POST /tasks/<id>/cancel``: only with ``monitor(allow_cancel=True)``;
+  cancels the task (:meth:`Supervisor.cancel`) when the request comes from
+  the monitor's own page (see "Cancelling" below).
 
 The one hard idea: a poll must cost the event loop the same with 20 tasks
 in flight as with 20,000. So ``/tasks`` asks the supervisor for one page
@@ -19,6 +22,19 @@ Every answer is short and typed: an id or a query it cannot read is a 404
 or a 400 with one line saying why, never a 500. Every answer says
 ``X-Content-Type-Options: nosniff``, and the page's Content-Security-Policy
 lets only its own script run, so a task name such as ``<script>`` stays text.
+
+Cancelling: a cancel button is a state-changing action on an admin page,
+the classic target of cross-site request forgery (a page on another origin
+that the admin's browser visits posts a form to the monitor). The POST is
+honoured only with a custom header (``X-Requested-With:
+trio-background-monitor``) and ``Content-Type: application/json``: a form
+can set neither, and a cross-origin ``fetch`` that sets them is preflighted,
+which the monitor never answers with CORS headers, so the browser refuses
+to send it. As a second line, for an app whose CORS middleware would answer
+that preflight, the browser's own ``Sec-Fetch-Site`` must say
+``same-origin`` (or, from a browser too old to send it, ``Origin`` must name
+the request's own host). No token is needed, so the page works across
+``--workers`` processes.
 
 Mounted inside an app that has :class:`BackgroundTasksMiddleware`, it finds
 the supervisor in the request's scope; elsewhere, pass the supervisor.
@@ -33,7 +49,7 @@ import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from ._asgi import EXCHANGE_KEY
 from ._middleware import supervisor_from_scope
@@ -48,11 +64,17 @@ __all__ = ["DEFAULT_PAGE_LIMIT", "MAX_PAGE_LIMIT", "TaskMonitor", "monitor"]
 DEFAULT_PAGE_LIMIT = 100
 MAX_PAGE_LIMIT = 1000
 
-# "<batch>.<index>" in ASCII digits, of a length an int() reads at once.
-# str.isdigit() also accepts "²" and friends, and int() refuses strings of
-# more than 4300 digits: both used to end in a 500.
-_TASK_ID = re.compile(r"[0-9]{1,18}\.[0-9]{1,18}", re.ASCII)
+# "<batch>.<index>" in ASCII digits, of a length an int() reads at once, with
+# "<pid>-" before it under --workers. str.isdigit() also accepts "²" and
+# friends, and int() refuses strings of more than 4300 digits: both used to
+# end in a 500.
+_TASK_ID = re.compile(r"(?:[0-9]{1,10}-)?[0-9]{1,18}\.[0-9]{1,18}", re.ASCII)
+_CANCEL_PATH = re.compile(r"/tasks/([^/]*)/cancel")
 _ECHO_LIMIT = 40
+
+# What the page's cancel button sends, and the monitor requires (see the top).
+CANCEL_HEADER = "X-Requested-With"
+CANCEL_HEADER_VALUE = "trio-background-monitor"
 
 
 def monitor(
@@ -60,6 +82,7 @@ def monitor(
     *,
     poll_interval: float = 0.5,
     page_limit: int = DEFAULT_PAGE_LIMIT,
+    allow_cancel: bool = False,
 ) -> TaskMonitor:
     """An ASGI app showing the tasks of ``supervisor`` (None: the request's).
 
@@ -73,12 +96,19 @@ def monitor(
             is visible (it does not poll while the tab is hidden).
         page_limit: How many unfinished tasks ``/tasks`` returns when the
             query does not say (``?limit=``); at most 1000.
+        allow_cancel: Show a cancel button on each pending or running task,
+            and accept ``POST /tasks/<id>/cancel`` from the monitor's own page
+            (never from another origin). Off by default: then there is no
+            button and no such endpoint (every POST is a 405).
 
     Raises:
         ValueError: ``poll_interval`` is not positive, or ``page_limit`` is
             not an int from 1 to 1000.
+        TypeError: ``allow_cancel`` is not a bool.
     """
-    return TaskMonitor(supervisor, poll_interval=poll_interval, page_limit=page_limit)
+    return TaskMonitor(
+        supervisor, poll_interval=poll_interval, page_limit=page_limit, allow_cancel=allow_cancel
+    )
 
 
 class _BadQuery(Exception):
@@ -93,6 +123,12 @@ def _echo(value: str) -> str:
 def _page_limit(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE_LIMIT:
         raise ValueError(f"page_limit must be an int from 1 to {MAX_PAGE_LIMIT}, got {value!r}")
+    return value
+
+
+def _allow_cancel(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"allow_cancel must be True or False, got {value!r}")
     return value
 
 
@@ -165,12 +201,14 @@ class TaskMonitor:
         *,
         poll_interval: float = 0.5,
         page_limit: int = DEFAULT_PAGE_LIMIT,
+        allow_cancel: bool = False,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         self.supervisor = supervisor
         self.poll_interval = poll_interval
         self.page_limit = _page_limit(page_limit)
+        self.allow_cancel = _allow_cancel(allow_cancel)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,10 +227,18 @@ class TaskMonitor:
                 )
                 return
             supervisor = supervisor_from_scope(scope)
-        if scope["method"] not in ("GET", "HEAD"):
-            await _respond_text(send, 405, "the task monitor is read-only: use GET")
-            return
         path = _route_path(scope)
+        if self.allow_cancel:
+            cancel = _CANCEL_PATH.fullmatch(path)
+            if cancel is not None:
+                await _cancel(supervisor, cancel.group(1), scope, receive, send)
+                return
+        if scope["method"] not in ("GET", "HEAD"):
+            text = "the task monitor is read-only: use GET"
+            if self.allow_cancel:
+                text += " (or POST /tasks/<id>/cancel from its page)"
+            await _respond_text(send, 405, text, allow=b"GET, HEAD")
+            return
         if path in ("", "/"):
             page = self._page(scope.get("root_path", ""))
             await _respond(send, 200, "text/html; charset=utf-8", page.encode(), _PAGE_CSP)
@@ -202,7 +248,19 @@ class TaskMonitor:
             except _BadQuery as exc:
                 await _respond_text(send, 400, str(exc))
                 return
-            await _respond_json(send, 200, tasks_page(supervisor, limit=limit, after=after))
+            try:
+                answer = tasks_page(supervisor, limit=limit, after=after)
+            except ValueError:
+                # Another worker's id (with --workers, a poll may reach any of them).
+                await _respond_text(
+                    send,
+                    400,
+                    f"after must be a task id of worker pid {os.getpid()}, got "
+                    f"{_echo(after or '')}: this page's cursor came from another worker; "
+                    "start again from the first page",
+                )
+                return
+            await _respond_json(send, 200, answer)
         elif path.startswith("/tasks/"):
             task_id = path.removeprefix("/tasks/")
             record = supervisor.task(task_id) if _TASK_ID.fullmatch(task_id) else None
@@ -222,8 +280,87 @@ class TaskMonitor:
         return (
             _PAGE.replace("__INTERVAL__", str(interval))
             .replace("__LIMIT__", str(self.page_limit))
+            .replace("__CANCEL__", "on" if self.allow_cancel else "off")
             .replace("__TASKS_URL__", url)
         )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The value of header ``name`` (lower case), or None; several are joined."""
+    values = [value for key, value in scope.get("headers", ()) if key.lower() == name]
+    if not values:
+        return None
+    return b", ".join(values).decode("latin-1")
+
+
+def _forged(scope: Scope) -> str | None:
+    """Why a cancel request may not come from the monitor's own page, or None.
+
+    The checks are the top of this module's: the custom header and the JSON
+    content type (which no form can send, and which make a cross-origin fetch
+    a preflight nobody answers), then the browser's word on where the request
+    comes from.
+    """
+    if _header(scope, CANCEL_HEADER.lower().encode()) != CANCEL_HEADER_VALUE:
+        return f"the request lacks the header {CANCEL_HEADER}: {CANCEL_HEADER_VALUE}"
+    content_type = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        return "the request's Content-Type is not application/json"
+    site = _header(scope, b"sec-fetch-site")
+    if site is not None:
+        if site != "same-origin":
+            return f"the browser says the request comes from another origin ({site})"
+        return None
+    origin = _header(scope, b"origin")
+    if origin is not None and urlsplit(origin).netloc != _header(scope, b"host"):
+        return "the request's Origin is not this server"
+    return None
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request's body (the cancel needs none), so the connection stays usable."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def _cancel(
+    supervisor: Supervisor, task_id: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``POST /tasks/<id>/cancel``: the route exists only with ``allow_cancel``."""
+    if scope["method"] != "POST":
+        await _respond_text(send, 405, "cancel a task with POST", allow=b"POST")
+        return
+    why = _forged(scope)
+    if why is not None:
+        await _respond_text(
+            send, 403, f"cancel refused: {why}; cancel tasks from the monitor's own page"
+        )
+        return
+    await _drain(receive)
+    if _TASK_ID.fullmatch(task_id) is None or supervisor.task(task_id) is None:
+        worker, dash, _ = task_id.partition("-")
+        if dash and worker != str(os.getpid()) and _TASK_ID.fullmatch(task_id):
+            error = (
+                f"task {task_id} belongs to worker pid {worker}, and this is pid "
+                f"{os.getpid()}: cancel it from a page that worker served"
+            )
+        else:
+            error = "no such task, or its record was dropped"
+        await _respond_json(send, 404, {"error": error})
+        return
+    changed = supervisor.cancel(task_id)
+    record = supervisor.task(task_id)
+    await _respond_json(
+        send,
+        200,
+        {
+            "id": task_id,
+            "cancelled": changed,
+            "state": None if record is None else record.state.value,
+        },
+    )
 
 
 def _route_path(scope: Scope) -> str:
@@ -237,26 +374,30 @@ def _route_path(scope: Scope) -> str:
 _JSON_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 
-async def _respond(send: Send, status: int, content_type: str, data: bytes, csp: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type.encode()),
-                (b"content-length", str(len(data)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"x-content-type-options", b"nosniff"),
-                (b"content-security-policy", csp),
-                (b"referrer-policy", b"no-referrer"),
-            ],
-        }
-    )
+async def _respond(
+    send: Send,
+    status: int,
+    content_type: str,
+    data: bytes,
+    csp: bytes,
+    allow: bytes | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(data)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", csp),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    if allow is not None:
+        headers.append((b"allow", allow))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
-async def _respond_text(send: Send, status: int, body: str) -> None:
-    await _respond(send, status, "text/plain; charset=utf-8", body.encode(), _JSON_CSP)
+async def _respond_text(send: Send, status: int, body: str, allow: bytes | None = None) -> None:
+    await _respond(send, status, "text/plain; charset=utf-8", body.encode(), _JSON_CSP, allow)
 
 
 async def _respond_json(send: Send, status: int, data: Any) -> None:
@@ -286,6 +427,7 @@ const config = document.body.dataset;
 const TASKS_URL = config.tasksUrl;
 const INTERVAL = Number(config.interval);
 const LIMIT = Number(config.limit);
+const CANCEL = config.cancel === "on";
 let after = null;  // the cursor of the page shown; null: the first page
 let pages = [];    // the cursors before it, for "previous"
 let next = null;
@@ -333,13 +475,59 @@ function bar(progress) {
   outer.appendChild(inner); td.appendChild(outer);
   return td;
 }
+function attempts(r) {
+  // Only a task that ran more than once (retries) says how often.
+  const td = cell(r.attempts > 1 ? r.attempts + " attempts" : "");
+  td.className = "attempts";
+  return td;
+}
 function row(r, last) {
   const tr = document.createElement("tr");
   tr.id = "task-" + r.id; tr.dataset.state = r.state;
   tr.append(cell(r.id), cell(r.name), cell(r.request));
   const state = cell(r.state); state.className = "state-" + r.state; tr.append(state);
-  tr.append(bar(r.progress), cell(last(r)));
+  tr.append(attempts(r), bar(r.progress), cell(last(r)));
   return tr;
+}
+function activeRow(r) {
+  const tr = row(r, r => r.progress && r.progress.message);
+  if (!CANCEL) return tr;
+  const td = document.createElement("td");
+  if (r.state === "pending" || r.state === "running") {
+    const button = document.createElement("button");
+    button.type = "button"; button.className = "cancel"; button.textContent = "Cancel";
+    button.addEventListener("click", () => cancel(r.id, button));
+    td.appendChild(button);
+  }
+  tr.appendChild(td);
+  return tr;
+}
+async function cancel(id, button) {
+  button.disabled = true;
+  const status = document.getElementById("cancel-status");
+  try {
+    // The header and the JSON type are what the server checks: a page on
+    // another origin cannot send them without a preflight it refuses.
+    const response = await fetch(TASKS_URL + "/" + encodeURIComponent(id) + "/cancel", {
+      method: "POST", cache: "no-store", credentials: "same-origin",
+      headers: {"X-Requested-With": "trio-background-monitor",
+                "Content-Type": "application/json"},
+      body: "{}"});
+    const text = await response.text();
+    if (!response.ok) {
+      let why = text;
+      try { why = JSON.parse(text).error ?? text; } catch (e) { /* plain text */ }
+      throw new Error("HTTP " + response.status + ": " + why);
+    }
+    const data = JSON.parse(text);
+    status.textContent = data.cancelled
+      ? "Cancelled task " + id + "."
+      : "Task " + id + " was not cancelled: it had ended (" + data.state + ").";
+  } catch (e) {
+    status.textContent = "Could not cancel task " + id + ": " +
+      (e instanceof Error ? e.message : String(e));
+  }
+  refresh();
 }
 function finishedNote(r) {
   if (r.state === "handed_off") return "engine id " + (r.engine_id ?? "?");
@@ -356,8 +544,7 @@ function show(data) {
     banner.textContent = "Shutting down: deadline in " + data.deadline_in.toFixed(1) +
       " s; it will cut " + data.active_count + " unfinished task(s).";
   } else { banner.style.display = "none"; }
-  document.getElementById("active").replaceChildren(
-    ...data.active.map(r => row(r, r => r.progress && r.progress.message)));
+  document.getElementById("active").replaceChildren(...data.active.map(activeRow));
   document.getElementById("shown").textContent =
     "Showing " + data.active.length + " of " + data.active_count + ".";
   next = data.next;
@@ -401,6 +588,10 @@ document.getElementById("previous").addEventListener("click", () => {
   if (pages.length === 0) return;
   after = pages.pop(); refresh();
 });
+if (CANCEL) {
+  const th = document.createElement("th"); th.textContent = "cancel";
+  document.getElementById("active-head").appendChild(th);
+}
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") { delay = INTERVAL; refresh(); }
   else schedule(0);
@@ -433,19 +624,22 @@ _PAGE = (
     + _STYLE
     + """</style>
 </head>
-<body data-tasks-url="__TASKS_URL__" data-interval="__INTERVAL__" data-limit="__LIMIT__">
+<body data-tasks-url="__TASKS_URL__" data-interval="__INTERVAL__" data-limit="__LIMIT__"
+ data-cancel="__CANCEL__">
 <h1>Background tasks</h1>
 <p id="contact"></p>
 <p id="counts"></p>
 <p id="shutdown"></p>
+<p id="cancel-status" role="status"></p>
 <h2>Running and pending</h2>
-<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
-<th>progress</th><th>message</th></tr></thead><tbody id="active"></tbody></table>
+<table><thead><tr id="active-head"><th>id</th><th>task</th><th>request</th><th>state</th>
+<th>attempts</th><th>progress</th><th>message</th></tr></thead><tbody id="active"></tbody>
+</table>
 <nav><span id="shown"></span>
 <button id="previous" type="button" disabled>Previous page</button>
 <button id="next" type="button" disabled>Next page</button></nav>
 <h2>Recently finished</h2>
-<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th>
+<table><thead><tr><th>id</th><th>task</th><th>request</th><th>state</th><th>attempts</th>
 <th>progress</th><th>error, reason or engine id</th></tr></thead><tbody id="finished"></tbody>
 </table>
 <script>"""

@@ -79,7 +79,9 @@ class TaskTracer(TaskObserver):
         ``trio_background.task.name``, ``trio_background.task.state`` (the
         final state), ``trio_background.request`` (``"METHOD /path"``), and
         when they apply ``trio_background.task.error``,
-        ``trio_background.task.reason``, ``trio_background.task.engine_id``.
+        ``trio_background.task.reason``, ``trio_background.task.engine_id``,
+        and ``trio_background.task.attempts`` (for a task that ran more than
+        once: ``retries`` in its :func:`~trio_background.task` policy).
         Status ``ERROR`` (with the error or reason) for every final state
         but ``completed`` and ``handed_off``; an exception leaving the task
         is recorded as a span event.
@@ -134,6 +136,8 @@ class TaskTracer(TaskObserver):
             attributes["trio_background.task.reason"] = record.reason
         if record.engine_id is not None:
             attributes["trio_background.task.engine_id"] = record.engine_id
+        if record.attempts > 1:
+            attributes["trio_background.task.attempts"] = record.attempts
         span.set_attributes(attributes)
         if record.state not in _OK_STATES:
             why = record.error or record.reason or record.state.value

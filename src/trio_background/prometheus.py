@@ -4,8 +4,10 @@ Two halves, registered together on one registry:
 
 - :class:`TaskMetrics` is a task observer: every task that reaches its final
   state counts once in ``trio_background_tasks_total{state}``, and adds what
-  its record knows to the histograms (how long it ran, how long it waited
-  after the response, how far it overran the shutdown deadline).
+  its record knows to the histograms (how long it ran, how many attempts it
+  took, how long it waited after the response, how far it overran the
+  shutdown deadline); a task that failed by its policy's timeout also counts
+  in ``trio_background_task_timeouts_total``.
 - A collector reads :meth:`Supervisor.statistics` when the registry is
   scraped, for the gauges: batches running, threads busy.
 
@@ -80,6 +82,10 @@ WAIT_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 OVERRUN_BUCKETS: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+ATTEMPT_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+
+# How the runner words a policy's timeout (``@trio_background.task(timeout=...)``).
+_TIMED_OUT = "TimeoutError: timed out after "
 
 # How often a worker writes its gauges in multiprocess mode.
 MULTIPROCESS_REFRESH = 1.0
@@ -156,6 +162,12 @@ class TaskMetrics(TaskObserver):
         state (completed, failed, cancelled, skipped, abandoned, handed_off).
         ``trio_background_task_duration_seconds{state}``: how long each task
         that started ran, by final state.
+        ``trio_background_task_attempts{state}``: how many times each task
+        that started ran (1, more with ``retries``), by final state,
+        observed when it ends.
+        ``trio_background_task_timeouts_total``: tasks that failed because
+        their last attempt ran past their policy's ``timeout`` (an attempt
+        that timed out and was retried shows in the attempts instead).
         ``trio_background_task_wait_seconds``: from the response being
         complete to the task's turn to run (the tasks before it included),
         observed as the task starts. A sync task may then wait for a worker
@@ -237,6 +249,19 @@ class TaskMetrics(TaskObserver):
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.attempts = Histogram(
+            "trio_background_task_attempts",
+            "How many times each background task that started ran (retries included), "
+            "by final state.",
+            ["state"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
+        )
+        self.timeouts = Counter(
+            "trio_background_task_timeouts",
+            "Background tasks that failed because their last attempt ran past their timeout.",
+            registry=registry,
+        )
         self.wait = Histogram(
             "trio_background_task_wait_seconds",
             "From the response being complete to the task's turn to run, observed as it starts.",
@@ -286,6 +311,16 @@ class TaskMetrics(TaskObserver):
         self.tasks.labels(state).inc()
         if record.started_at is not None and record.ended_at is not None:
             self.duration.labels(state).observe(max(0.0, record.ended_at - record.started_at))
+        if record.attempts > 0:
+            self.attempts.labels(state).observe(record.attempts)
+        if (
+            record.state is TaskState.FAILED
+            and task.policy is not None
+            and task.policy.timeout is not None
+            and record.error is not None
+            and record.error.startswith(_TIMED_OUT)
+        ):
+            self.timeouts.inc()
         self._ready.pop(task, None)
         if task in self._waited:
             self._waited.discard(task)
