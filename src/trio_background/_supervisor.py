@@ -504,6 +504,7 @@ class Supervisor:
             started_at=None if started is None else board.ledger.since(started),
             ended_at=None,
             progress=task.progress,
+            attempts=task.attempts,
             worker=board.ledger.worker,
         )
 
