@@ -50,8 +50,14 @@ async def test_exit_by_the_deadline_plus_one_second_with_atexit_handlers_run(
     deadline = 1.0 if mode == "drain" else 0.0
     assert took < deadline + DEADLINE_SLACK, server.output[-2000:]
     report = json.loads(report_path.read_text())
-    assert report["total"] == 900
-    assert report["counts"]["cancelled"] == 300
+    counts = report["counts"]
+    assert report["total"] == 900  # three tasks a request, every one counted
+    # Only the short tasks (0.2 s) can complete; the hour-long ones are cut,
+    # running (cancelled) or, in batches the signal reached first, unstarted
+    # (skipped), and the third of each batch never starts.
+    assert counts["completed"] <= 300
+    assert counts["cancelled"] + counts["skipped"] == 900 - counts["completed"]
+    assert counts["skipped"] >= 300
     # The app's atexit handler ran, after the report was on disk and logged.
     assert server.output.rstrip().endswith("atexit handler ran"), server.output[-500:]
     assert "background tasks (" in server.output
