@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import trio
+from aiosmtpd.controller import Controller
 
 
 class Gate:
@@ -89,3 +93,39 @@ async def read_until(stream: trio.abc.ReceiveStream, pattern: re.Pattern[bytes])
             raise AssertionError(f"the server exited before printing {pattern.pattern!r}: {seen!r}")
         seen += chunk
     return match.group(1)
+
+
+class _LoopbackController(Controller):
+    """aiosmtpd's Controller, bound to port 0: it learns its port once bound."""
+
+    def _trigger_server(self) -> None:
+        if isinstance(self.server, asyncio.Server):
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+@asynccontextmanager
+async def serve_smtp(
+    handler: object, **smtp_options: Any
+) -> AsyncGenerator[tuple[asyncio.AbstractEventLoop, int], None]:
+    """A real SMTP server (aiosmtpd) on a free port of 127.0.0.1, around ``handler``.
+
+    aiosmtpd runs its asyncio loop in a thread of its own; yields that loop
+    (to wake the handler from trio) and the port.
+    """
+    controller = _LoopbackController(handler, hostname="127.0.0.1", port=0, **smtp_options)
+    await trio.to_thread.run_sync(controller.start)
+    try:
+        yield controller.loop, controller.port
+    finally:
+        await trio.to_thread.run_sync(controller.stop)
+
+
+def use_smtp_server(monkeypatch: pytest.MonkeyPatch, port: int, *, starttls: bool = False) -> None:
+    """Point the examples' ``SMTP_*`` settings at the server on ``port``."""
+    for name in ("SMTP_USER", "SMTP_PASSWORD", "SMTP_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("SMTP_PORT", str(port))
+    monkeypatch.setenv("SMTP_STARTTLS", "true" if starttls else "false")
+    monkeypatch.setenv("SMTP_FROM", "app@example.com")
