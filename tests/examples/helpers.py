@@ -12,6 +12,8 @@ import httpx
 import pytest
 import trio
 from aiosmtpd.controller import Controller
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Event, Request, TextMessage
 
 
 class Gate:
@@ -129,3 +131,51 @@ def use_smtp_server(monkeypatch: pytest.MonkeyPatch, port: int, *, starttls: boo
     monkeypatch.setenv("SMTP_PORT", str(port))
     monkeypatch.setenv("SMTP_STARTTLS", "true" if starttls else "false")
     monkeypatch.setenv("SMTP_FROM", "app@example.com")
+
+
+class WebSocketClient:
+    """A websocket client: wsproto over a trio TCP stream (the in-process client has none)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Event] = []
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.ws.send(event))
+
+    async def next_event(self) -> Event:
+        while not self.pending:
+            data = await self.stream.receive_some()
+            self.ws.receive_data(data or None)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+
+async def websocket_session(
+    url: str, target: str, lines: list[str], *, before_close: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Open a websocket to ``target`` on the server at ``url``, send ``lines``
+    (reading one text answer after each), call ``before_close``, then close.
+
+    Returns:
+        The answers, in order.
+    """
+    host, _, port = url.removeprefix("http://").partition(":")
+    answers: list[str] = []
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        client = WebSocketClient(stream)
+        await client.send(Request(host=f"{host}:{port}", target=target))
+        accepted = await client.next_event()
+        assert isinstance(accepted, AcceptConnection), accepted
+        for line in lines:
+            await client.send(TextMessage(data=line))
+            answer = await client.next_event()
+            assert isinstance(answer, TextMessage), answer
+            answers.append(answer.data)
+        before_close()
+        await client.send(CloseConnection(code=1000))
+        closed = await client.next_event()
+        assert isinstance(closed, CloseConnection), closed
+    return answers

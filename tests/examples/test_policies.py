@@ -3,7 +3,8 @@
 The SMTP server is aiosmtpd on a free port of 127.0.0.1 (its asyncio loop in
 a thread of its own); its handler counts the sends in progress, can refuse
 the first ones with a 4xx reply, and can hold every send until the test
-lets them through. The websocket client is wsproto over a trio socket.
+lets them through. The websocket client is wsproto over a trio socket
+(``helpers.websocket_session``).
 The retry waits are the example's own (0.5 s), in real time: real SMTP
 needs it.
 """
@@ -21,19 +22,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Event,
-    Request,
-    TextMessage,
-)
 
 from examples import policies
 from trio_background.testing import open_live_server
 
-from .helpers import serve_smtp, use_smtp_server
+from .helpers import serve_smtp, use_smtp_server, websocket_session
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Iterator
@@ -229,45 +222,11 @@ async def test_never_more_than_five_sends_at_once_under_a_burst(relay: Relay) ->
 # -- chat -----------------------------------------------------------------------
 
 
-class WebSocketClient:
-    """A websocket client: wsproto over a trio TCP stream."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.pending: list[Event] = []
-
-    async def send(self, event: Event) -> None:
-        await self.stream.send_all(self.ws.send(event))
-
-    async def next_event(self) -> Event:
-        while not self.pending:
-            data = await self.stream.receive_some()
-            self.ws.receive_data(data or None)
-            self.pending.extend(self.ws.events())
-        return self.pending.pop(0)
-
-
 async def chat_session(
     url: str, name: str, lines: list[str], *, before_close: Callable[[], None] = lambda: None
 ) -> list[str]:
     """Open ``/chat``, say ``lines``, call ``before_close``, close; return the answers."""
-    host, _, port = url.removeprefix("http://").partition(":")
-    answers: list[str] = []
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        client = WebSocketClient(stream)
-        await client.send(Request(host=f"{host}:{port}", target=f"/chat?name={name}"))
-        assert isinstance(await client.next_event(), AcceptConnection)
-        for line in lines:
-            await client.send(TextMessage(data=line))
-            answer = await client.next_event()
-            assert isinstance(answer, TextMessage)
-            answers.append(answer.data)
-        before_close()
-        await client.send(CloseConnection(code=1000))
-        assert isinstance(await client.next_event(), CloseConnection)
-    return answers
+    return await websocket_session(url, f"/chat?name={name}", lines, before_close=before_close)
 
 
 def logged_sessions(path: Path) -> list[tuple[str, int, str]]:
