@@ -273,9 +273,13 @@ PORT_LINES = {
     "from trio_background.fastapi import BackgroundTasks",
     "app.add_middleware(BackgroundTasksMiddleware)",
 }
-# What the listing of the example that goes beyond the port highlights.
+# What the listings of the examples that go beyond the port highlight.
 BUILTIN_PROGRESS = re.compile(
     r"report_progress\(|\.add_task\(.*\)\.id$|supervisor_from_scope\(|^app\.mount\("
+)
+POLICIES = re.compile(
+    r"^@trio_background\.task\(|^    (retries|retry_on|backoff|max_backoff|timeout|limit|key)=|"
+    r"\.add_task\(|task\.result\b|task\.id\b"
 )
 
 
@@ -333,7 +337,7 @@ def test_examples_page_shows_each_seed_and_example() -> None:
     }
     others = {"quart_app"}  # not FastAPI: shown by its guide, docs/guides/quart.rst
     assert len(seeds) == 9
-    assert examples == seeds | {"progress_builtin"} | others
+    assert examples == seeds | {"progress_builtin", "policies"} | others
     assert sorted(included) == sorted(
         [f"seed/{name}.py" for name in seeds]
         + [f"../examples/{name}.py" for name in examples - others]
@@ -353,6 +357,9 @@ def test_examples_page_highlights_the_right_lines() -> None:
         elif argument == "../examples/progress_builtin.py":
             assert emphasized
             assert all(BUILTIN_PROGRESS.search(line) for line in emphasized), emphasized
+        elif argument == "../examples/policies.py":
+            # The policy, the handle's reads, and each add_task: all of them.
+            assert emphasized == [line for line in shown if POLICIES.search(line)]
         else:
             # Exactly the port's lines, each shown once, and all of them.
             assert sorted(emphasized) == sorted(PORT_LINES), argument
