@@ -273,9 +273,13 @@ PORT_LINES = {
     "from trio_background.fastapi import BackgroundTasks",
     "app.add_middleware(BackgroundTasksMiddleware)",
 }
-# What the listing of the example that goes beyond the port highlights.
+# What the listings of the examples that go beyond the port highlight.
 BUILTIN_PROGRESS = re.compile(
     r"report_progress\(|\.add_task\(.*\)\.id$|supervisor_from_scope\(|^app\.mount\("
+)
+POLICIES = re.compile(
+    r"^@trio_background\.task\(|^    (retries|retry_on|backoff|max_backoff|timeout|limit|key)=|"
+    r"\.add_task\(|task\.result\b|task\.id\b"
 )
 
 
@@ -333,7 +337,7 @@ def test_examples_page_shows_each_seed_and_example() -> None:
     }
     others = {"quart_app"}  # not FastAPI: shown by its guide, docs/guides/quart.rst
     assert len(seeds) == 9
-    assert examples == seeds | {"progress_builtin"} | others
+    assert examples == seeds | {"progress_builtin", "policies"} | others
     assert sorted(included) == sorted(
         [f"seed/{name}.py" for name in seeds]
         + [f"../examples/{name}.py" for name in examples - others]
@@ -353,6 +357,9 @@ def test_examples_page_highlights_the_right_lines() -> None:
         elif argument == "../examples/progress_builtin.py":
             assert emphasized
             assert all(BUILTIN_PROGRESS.search(line) for line in emphasized), emphasized
+        elif argument == "../examples/policies.py":
+            # The policy, the handle's reads, and each add_task: all of them.
+            assert emphasized == [line for line in shown if POLICIES.search(line)]
         else:
             # Exactly the port's lines, each shown once, and all of them.
             assert sorted(emphasized) == sorted(PORT_LINES), argument
@@ -472,6 +479,103 @@ async def test_monitor_auth_needs_the_token(
     async with open_client(locked) as client:
         refused = await client.get("/admin/tasks", headers={"authorization": "Bearer "})
     assert refused.status_code == 401
+
+
+# policies.rst
+
+
+async def test_policies_retry_with_backoff_and_dedup_by_key(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("policies")
+    async with open_client(snippet.app) as client:
+        first = (await client.post("/accounts/acme/sync")).json()
+        again = (await client.post("/accounts/acme/sync")).json()
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert again == first  # the same task: its key is taken while it is pending
+    # Attempts at 0 s, then 2 s and 4 s apart.
+    start = float(snippet.calls[0].split(" at ")[1])
+    assert [float(c.split(" at ")[1]) - start for c in snippet.calls] == [0, 2, 6]
+    [record] = report.completed
+    assert (record.id, record.attempts) == (first["task"], 3)
+    assert report.total == 1
+
+
+async def test_handles_wait_result_and_cancel(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("handles")
+    async with open_client(snippet.app) as client:
+        done = (await client.post("/reports/q3")).json()["task"]
+        await client.wait_idle()
+        cut = (await client.post("/reports/q4")).json()["task"]
+        await trio.sleep(1)  # q4 is rendering
+        cancelled = await client.delete(f"/tasks/{cut}")
+        await client.wait_idle()
+        again = await client.delete(f"/tasks/{cut}")
+        report = await client.shutdown()
+    assert snippet.published == ["q3.pdf"]  # q4 was cut: nothing to publish
+    assert cancelled.json() == {"cancelled": True}
+    assert again.status_code == 404
+    states = {r.id: (r.name, r.state.value, r.reason) for r in report.completed + report.cancelled}
+    assert states[done] == ("render", "completed", None)
+    assert states[cut] == ("render", "cancelled", "cancelled by the app")
+    assert report.count("completed") == 3  # two publish tasks and one render
+
+
+async def test_cleanup_runs_even_when_the_handler_raised(
+    load_snippet: Callable[[str], ModuleType],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    snippet = load_snippet("cleanup")
+    async with open_client(snippet.app) as client:
+        stored = await client.put("/documents/a", params={"text": "hello"})
+        refused = await client.put("/documents/b", params={"text": " "})
+        await client.wait_idle()
+        report = await client.shutdown()
+    assert (stored.status_code, refused.status_code) == (200, 422)
+    assert snippet.indexed == ["hello"]
+    assert list((tmp_path / "spool").iterdir()) == []  # both files removed
+    [skipped] = report.skipped
+    assert (skipped.name, skipped.request) == ("index", "PUT /documents/b")
+    assert report.count("completed") == 3  # index a, and both cleanups
+
+
+async def test_app_tasks_run_under_the_deadline_and_report(
+    load_snippet: Callable[[str], ModuleType], autojump_clock: trio.testing.MockClock
+) -> None:
+    snippet = load_snippet("app_tasks")
+    async with open_client(snippet.app) as client:
+        await trio.sleep(150)
+        report = await client.shutdown(mode="drain", drain_timeout=10)
+    assert [t - snippet.refreshes[0] for t in snippet.refreshes] == [0, 60, 120]
+    [record] = report.cancelled
+    assert (record.name, record.request) == ("refresh_rates", "app")
+
+
+async def test_websocket_batch_beside_the_handler_then_after_close(
+    load_snippet: Callable[[str], ModuleType],
+) -> None:
+    from tests.examples.helpers import websocket_session
+
+    snippet = load_snippet("websocket")
+    seen: list[list[str]] = []
+    async with trio_background.testing.open_live_server(snippet.app) as server:
+        answers = await websocket_session(
+            server.url,
+            "/echo?name=ada",
+            ["hi", "bye"],
+            before_close=lambda: seen.append(list(snippet.audit)),
+        )
+        await server.supervisor.wait_idle()
+        report = await server.shutdown()
+    assert answers == ["hi", "bye"]
+    assert seen == [["ada opened"]]  # the add_task task waits for the close
+    assert snippet.audit == ["ada opened", "ada closed after 2 messages"]
+    assert {r.request for r in report.completed} == {"WEBSOCKET /echo"}
 
 
 # The docs as a whole

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import trio
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from examples import email_notify
 from trio_background.testing import open_live_server
+
+from .helpers import serve_smtp, use_smtp_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -74,35 +75,15 @@ def body_text(message: EmailMessage) -> str:
     return content.replace("\r\n", "\n")
 
 
-class _LoopbackController(Controller):
-    """aiosmtpd's Controller, bound to port 0: it learns its port once bound."""
-
-    def _trigger_server(self) -> None:
-        if isinstance(self.server, asyncio.Server):
-            self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
 @asynccontextmanager
 async def open_smtp_server(**smtp_options: Any) -> AsyncGenerator[tuple[Mailbox, int], None]:
     mailbox = Mailbox()
-    controller = _LoopbackController(mailbox, hostname="127.0.0.1", port=0, **smtp_options)
-    await trio.to_thread.run_sync(controller.start)
-    mailbox.loop = controller.loop
-    try:
-        yield mailbox, controller.port
-    finally:
-        mailbox.release()
-        await trio.to_thread.run_sync(controller.stop)
-
-
-def use_smtp_server(monkeypatch: pytest.MonkeyPatch, port: int, *, starttls: bool = False) -> None:
-    for name in ("SMTP_USER", "SMTP_PASSWORD", "SMTP_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("SMTP_PORT", str(port))
-    monkeypatch.setenv("SMTP_STARTTLS", "true" if starttls else "false")
-    monkeypatch.setenv("SMTP_FROM", "app@example.com")
+    async with serve_smtp(mailbox, **smtp_options) as (loop, port):
+        mailbox.loop = loop
+        try:
+            yield mailbox, port
+        finally:
+            mailbox.release()
 
 
 async def test_mail_is_sent_after_the_response(monkeypatch: pytest.MonkeyPatch) -> None:
