@@ -108,7 +108,7 @@ async def test_plain_hypercorn_shows_the_report_with_the_shipped_config(
 def test_make_demo_takes_bind() -> None:
     def demo_command(*variables: str) -> str:
         result = subprocess.run(
-            ["make", "--dry-run", "--always-make", "demo", *variables],
+            ["make", "--no-print-directory", "--dry-run", "--always-make", "demo", *variables],
             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         return result.stdout.splitlines()[-1]

@@ -72,7 +72,7 @@ def test_install_commands_name_real_extras_and_the_wheel_make_dist_builds() -> N
     # make dist builds into dist/ with python -m build, which names the
     # wheel after the project and its version.
     dry_run = subprocess.run(
-        ["make", "--dry-run", "--always-make", "dist"],
+        ["make", "--no-print-directory", "--dry-run", "--always-make", "dist"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert "-m build --outdir dist ." in dry_run
