@@ -4,8 +4,10 @@ The ``via`` fixture gives real Hypercorn (its trio worker), real anycorn (a
 Hypercorn fork on AnyIO, under trio) and the in-process client (and HTTP/2 on
 both servers for the tests that take it); a test states the behaviour once and
 must see the same outcome every way. When they disagree, the in-process client
-is wrong until shown otherwise. What anycorn cannot do is listed in
-``ANYCORN_CANNOT`` (and in docs/versions.rst): those params are strict xfails.
+is wrong until shown otherwise. A server that cannot do something a test
+asks gets that param marked ``xfail(strict=True)`` with the reason, and an
+entry in docs/versions.rst ("Servers the tests run through"); today there
+is none.
 """
 
 from __future__ import annotations
