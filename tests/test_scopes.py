@@ -231,7 +231,8 @@ async def test_inner_middleware_defers_to_outer_and_its_options_apply() -> None:
 NOT_TRIO = (
     "trio-background runs background tasks in trio nurseries, but this server runs "
     "asyncio: serve the app with Hypercorn's trio worker (hypercorn --worker-class trio "
-    "module:app) or with trio_background.serve() / python -m trio_background module:app; "
+    "module:app; anycorn --worker-class trio module:app) or with trio_background.serve() / "
+    "python -m trio_background module:app; "
     'in tests, run the test client on trio: TestClient(app, backend="trio"), or an '
     'anyio_backend fixture that returns "trio"'
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ import trio.testing
 from fastapi import FastAPI
 from hypercorn.config import Config
 
-from trio_background import BackgroundTasksMiddleware, TaskState
+from trio_background import BackgroundTasksMiddleware, TaskState, from_scope
 from trio_background.fastapi import BackgroundTasks
 from trio_background.testing import open_client, open_live_server
 
@@ -524,3 +524,29 @@ def test_without_httpx_the_plugin_loads_and_the_client_names_the_extra(
         ]
     )
     result.stdout.no_fnmatch_line("*During handling*")
+
+
+async def test_an_app_served_twice_in_one_run_runs_its_tasks_both_times() -> None:
+    """Before: the second time, the tasks never ran and shutdown() returned the
+    first report again (the supervisor's state for the run stayed closed)."""
+    ran: list[int] = []
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        from_scope(scope).add_task(ran.append, 1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = BackgroundTasksMiddleware(app)
+    reports = []
+    for _ in range(2):
+        async with open_client(middleware) as client:
+            await client.get("/")
+            reports.append(await client.shutdown())
+    assert ran == [1, 1]
+    assert [r.count("completed") for r in reports] == [1, 1]
+    assert reports[0] is not reports[1]

@@ -262,13 +262,20 @@ class Supervisor:
 
         Times in records count from here. Called at lifespan startup (with
         the nursery app-level tasks run in); if it never is, the first batch
-        starts the clock. From then on :func:`current_supervisor` returns
+        starts the clock. A supervisor that has closed (its report made)
+        starts a new life: an app served twice in one trio run gets two
+        reports. From then on :func:`current_supervisor` returns
         this supervisor in this trio run.
 
         Args:
             nursery: The supervisor's own nursery, for :meth:`start_soon`.
         """
         state = self._state()
+        if state.final is not None:
+            # Served again in the same trio run (a test serving one app twice):
+            # a new life, with its own batches, deadline and report.
+            state = _Run(Board(keep_records=self.keep_records, thread_limit=self.thread_limit))
+            self._runs.set(state)
         if nursery is not None:
             state.nursery = nursery
         _CURRENT.set(self)
