@@ -61,6 +61,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -406,6 +407,11 @@ async def run_durable(plan: Plan, folder: Path) -> Outcome:
     from tests.durable.slow_redis import SlowProxy
     from tests.redis_fixture import RedisServer
 
+    if shutil.which("redis-server") is None:
+        raise RuntimeError(
+            f"seed {plan.seed} ({plan.fault}) needs Debian's redis-server: "
+            "apt-get install redis-server (or ./scripts/ensure-redis as root)"
+        )
     run_dir = folder / f"durable-{plan.seed}"
     (run_dir / "redis").mkdir(parents=True)
     marks = run_dir / "marks"
