@@ -10,6 +10,7 @@ that accepts connections and never answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -47,22 +48,28 @@ class SlowProxy:
                 async def requests() -> None:
                     async for chunk in client:
                         await redis.send_all(chunk)
-                    nursery.cancel_scope.cancel()
 
                 async def replies() -> None:
                     async with send:
                         async for chunk in redis:
                             send.send_nowait((trio.current_time() + self.delay, chunk))
-                    nursery.cancel_scope.cancel()
 
                 async def deliver() -> None:
                     async for due, chunk in receive:
                         await trio.sleep_until(due)
                         await client.send_all(chunk)
 
-                nursery.start_soon(requests)
-                nursery.start_soon(replies)
-                nursery.start_soon(deliver)
+                for direction in (requests, replies, deliver):
+                    nursery.start_soon(_until_broken, direction, nursery.cancel_scope)
+
+
+async def _until_broken(direction: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+    """Run one direction of a connection; when it ends or breaks, end the connection."""
+    try:
+        await direction()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # a side went away (a killed client, a killed Redis)
+    scope.cancel()
 
 
 async def silent(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
