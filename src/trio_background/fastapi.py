@@ -155,7 +155,10 @@ async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
     """
     scope = connection.scope
     exchange = exchange_from_scope(scope)
-    if "fastapi.telemetry" in scope and isinstance(exchange, Exchange):
+    # Only when FastAPI traces this request (telemetry on and a tracer set):
+    # otherwise its own tasks get no span either, and ours skip the observer.
+    telemetry = scope.get("fastapi.telemetry")
+    if getattr(telemetry, "tracer", None) is not None and isinstance(exchange, Exchange):
         exchange.use(_with_spans(exchange.policy))
     batch = exchange.batch
     request_stack = scope.get(_REQUEST_STACK)
