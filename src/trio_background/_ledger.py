@@ -48,7 +48,7 @@ class Ledger:
         """The :class:`TaskRecord` of ``raw``."""
         return build_record(raw, self.epoch, self.worker)
 
-    def write(self, raw: RawRecord, *, cut: bool) -> None:
+    def write(self, raw: RawRecord, cut: bool) -> None:
         """Count ``raw``; keep it for good if shutdown ``cut`` the task."""
         self._counts[raw.state] += 1
         if cut:

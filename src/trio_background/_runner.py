@@ -30,7 +30,7 @@ import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -65,6 +65,9 @@ ErrorHook = Callable[[TaskRecord, BaseException], "Awaitable[None] | None"]
 # How long a spill (handing off tasks not started at the deadline) may take:
 # inside the one second that serve() leaves between the deadline and the cut.
 SPILL_TIMEOUT = 0.5
+
+# What an ended task's kwargs become (shared: nobody writes to it).
+_NO_KWARGS: dict[str, Any] = {}
 
 # The states of a task that ran: only those can overrun the deadline.
 _RAN = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.ABANDONED})
@@ -185,7 +188,7 @@ class Runner:
         # The trio thread: admissions from any other hop to it first.
         self.thread = threading.get_ident() if board is None else board.thread
         self.nursery: trio.Nursery | None = None
-        self.cursors = {SEQUENCE: 0, CLEANUP: 0}
+        self.cursors = [0, 0, 0]  # by kind: where _next looks from
         self.working = False
         self.soon_active = 0
         self.soon_idle: trio.Event | None = None
@@ -469,7 +472,8 @@ class Runner:
             try:
                 if attempt is None:
                     task.attempts = 1
-                    result = await cast("Awaitable[object]", task.func(*task.args, **task.kwargs))
+                    call: Callable[..., Awaitable[object]] = task.func  # type: ignore[assignment]
+                    result = await call(*task.args, **task.kwargs)
                 elif observers.items:
                     with observers.task_running(task):
                         result = await self._attempts(attempt)
@@ -480,7 +484,7 @@ class Runner:
             finally:
                 current_task.reset(token)
                 del self.running[task]
-            by_app = task in self.cut_by_app
+            by_app = bool(self.cut_by_app) and task in self.cut_by_app
             if by_app:
                 self.cut_by_app.discard(task)
             try:
@@ -625,7 +629,7 @@ class Runner:
 
     def _record(self, task: BackgroundTask) -> RawRecord | None:
         """Write ``task``'s one record (it is in its final state) and let go of its call."""
-        task.func, task.args, task.kwargs = released, (), {}
+        task.func, task.args, task.kwargs = released, (), _NO_KWARGS
         if task.dedup_key is not None:
             keys = _per_run().keys
             if keys.get(task.dedup_key) is task:
@@ -689,7 +693,7 @@ class Runner:
         cut = overrun is not None or (
             board.deadline != math.inf and state not in (TaskState.COMPLETED, TaskState.FAILED)
         )
-        board.ledger.write(raw, cut=cut)
+        board.ledger.write(raw, cut)
         observers = self.policy.observers
         if observers.items:
             observers.task_ended(task, board.ledger.record(raw))
