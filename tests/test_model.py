@@ -5,8 +5,10 @@ server running this library: requests open; handlers ``add_task``,
 ``start_soon`` and ``add_cleanup`` tasks that complete, fail (also with an
 exception whose ``str()`` raises, with ``SystemExit`` and friends, with a
 group), sleep, swallow the cancellation, add tasks to their own batch, run
-in threads and add tasks from there; the app answers, raises before its
-response, or streams until the client leaves; the app cancels a task
+in threads and add tasks from there; websocket connections with batches
+of their own; the app answers, raises before its response, awaits a batch
+as Starlette's ``background=`` does after it, or streams until the client
+leaves; the app cancels a task
 through its handle; ``await tasks()`` runs outside any request; time passes;
 shutdown begins in either mode, a second signal comes, the server cuts the
 requests still in flight, a test closes the supervisor with requests still
@@ -90,7 +92,7 @@ async def flaky(world: World, failures: list[int]) -> None:
 @trio_background.task(timeout=2)
 async def timed(world: World) -> None:
     _started(world)
-    await trio.sleep(5)
+    await trio.sleep(5)  # virtual time (the model's MockClock)
 
 
 @trio_background.task(limit=1)
@@ -100,7 +102,7 @@ async def limited(world: World) -> None:
     try:
         if world.limited_running > 1:
             world.violations.append("two tasks ran beyond their limit of 1")
-        await trio.sleep(2)
+        await trio.sleep(2)  # virtual time (the model's MockClock)
     finally:
         world.limited_running -= 1
 
@@ -108,7 +110,7 @@ async def limited(world: World) -> None:
 @trio_background.task(key="model-key")
 async def keyed(world: World) -> None:
     _started(world)
-    await trio.sleep(3)
+    await trio.sleep(3)  # virtual time (the model's MockClock)
 
 
 POLICIES: dict[str, Callable[..., Any]] = {
@@ -132,8 +134,9 @@ class BadStr(Exception):
 
 
 class Request:
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, websocket: bool) -> None:
         self.number = number
+        self.websocket = websocket
         self.commands, self.inbox = trio.open_memory_channel[Callable[..., Any]](100)
         self.scope_cancel = trio.CancelScope()
         self.client_left = trio.Event()
@@ -175,22 +178,25 @@ class World:
                 return
 
     async def serve(self, request: Request) -> None:
-        """What Hypercorn does for one request: call the app, keep what it raises."""
-        sent_body = False
+        """What Hypercorn does for one request (or websocket): call the app, keep what it raises."""
+        kind = "websocket" if request.websocket else "http"
+        sent_first = False
 
         async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
+            nonlocal sent_first
+            if not sent_first:
+                sent_first = True
+                if request.websocket:
+                    return {"type": "websocket.connect"}
                 return {"type": "http.request", "body": b"", "more_body": False}
             await request.client_left.wait()
-            return {"type": "http.disconnect"}
+            return {"type": f"{kind}.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             await trio.lowlevel.checkpoint()
 
         scope: Scope = {
-            "type": "http",
+            "type": kind,
             "asgi": {"version": "3.0", "spec_version": "2.1"},
             "method": "POST",
             "path": f"/r{request.number}",
@@ -225,9 +231,9 @@ class World:
                 if kind == "ok":
                     await trio.lowlevel.checkpoint()
                 elif kind == "sleep":
-                    await trio.sleep(10)
+                    await trio.sleep(10)  # virtual time (the model's MockClock)
                 elif kind == "fail":
-                    await trio.sleep(1)
+                    await trio.sleep(1)  # virtual time (the model's MockClock)
                     raise ValueError("task failed")
                 elif kind == "bad_str":
                     raise BadStr
@@ -239,7 +245,7 @@ class World:
                     raise ExceptionGroup("several", [ValueError("a"), KeyError("b")])
                 elif kind == "swallow":
                     try:
-                        await trio.sleep(20)
+                        await trio.sleep(20)  # virtual time (the model's MockClock)
                     except trio.Cancelled:
                         return
                 elif kind == "adds":
@@ -382,13 +388,13 @@ class ModelMachine(RuleBasedStateMachine):
         self.start(on_error)
 
     @precondition(lambda self: self.next_request < 12)
-    @rule(target=requests)
-    def open_request(self) -> int:
+    @rule(target=requests, websocket=st.booleans())
+    def open_request(self, websocket: bool) -> int:
         self.next_request += 1
         number = self.next_request
 
         def go(world: World) -> None:
-            request = world.requests[number] = Request(number)
+            request = world.requests[number] = Request(number, websocket)
             assert world.nursery is not None
             world.nursery.start_soon(world.serve, request)
 
@@ -413,7 +419,10 @@ class ModelMachine(RuleBasedStateMachine):
         self.step(go)
         return len(self.world.tasks) - 1 if self.world is not None else -1
 
-    @rule(number=consumes(requests), ending=st.sampled_from(["respond", "raise", "stream_leave"]))
+    @rule(
+        number=consumes(requests),
+        ending=st.sampled_from(["respond", "raise", "stream_leave", "respond_with_background"]),
+    )
     def app_ends(self, number: int, ending: str) -> None:
         def go(world: World) -> None:
             request = world.requests[number]
@@ -424,9 +433,27 @@ class ModelMachine(RuleBasedStateMachine):
                 if ending == "raise":
                     request.expect_raise = True
                     raise AppError("before the response")
+                if request.websocket:  # accepted, then closed by the app or the client
+                    await send({"type": "websocket.accept"})
+                    if ending == "stream_leave":
+                        request.client_left.set()
+                        while (await receive())["type"] != "websocket.disconnect":
+                            pass
+                    else:
+                        await send({"type": "websocket.close", "code": 1000})
+                    return True
                 await send({"type": "http.response.start", "status": 200, "headers": []})
                 if ending == "respond":
                     await send({"type": "http.response.body", "body": b"ok"})
+                    return True
+                if ending == "respond_with_background":
+                    # Starlette's Response(background=...): a batch of this
+                    # library's tasks awaited after the response joins the
+                    # request's supervised batch.
+                    await send({"type": "http.response.body", "body": b"ok"})
+                    task = BackgroundTask(world.make("ok", lambda: request.batch))
+                    world.tasks.append(task)
+                    await BackgroundTasks([task])()
                     return True
                 await send(
                     {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}

@@ -220,7 +220,7 @@ def waiting_app(
 
     async def sleeps() -> None:
         started.add()
-        await trio.sleep(3600)
+        await trio.sleep(3600)  # the feature: a task shutdown must cut, never one that ends
 
     async def receives() -> None:
         send, receive = trio.open_memory_channel[None](0)
