@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import weakref
 from typing import TYPE_CHECKING
-
-import trio
 
 from ._middleware import supervisor_from_scope
 
@@ -21,33 +18,7 @@ if TYPE_CHECKING:
     from ._asgi import ASGIApp, Receive, Scope, Send
     from ._supervisor import Supervisor
 
-__all__ = ["health", "is_stopping", "mark_stopping"]
-
-# The supervisors whose server was asked to stop, in this trio run: with a
-# shutdown delay, that comes before shutdown proper (the batch deadline).
-_STOPPING: trio.lowlevel.RunVar[weakref.WeakSet[Supervisor]] = trio.lowlevel.RunVar(
-    "trio_background.stopping"
-)
-
-
-def _stopping() -> weakref.WeakSet[Supervisor]:
-    try:
-        return _STOPPING.get()
-    except LookupError:
-        stopping: weakref.WeakSet[Supervisor] = weakref.WeakSet()
-        _STOPPING.set(stopping)
-        return stopping
-
-
-def mark_stopping(supervisor: Supervisor) -> None:
-    """Say that ``supervisor``'s server will stop (readiness fails from now on)."""
-    _stopping().add(supervisor)
-
-
-def is_stopping(supervisor: Supervisor) -> bool:
-    """Whether ``supervisor``'s server was asked to stop, or its shutdown began."""
-    return supervisor.shutting_down or supervisor in _stopping()
-
+__all__ = ["health"]
 
 _HEADERS = [
     (b"content-type", b"application/json"),
@@ -79,7 +50,7 @@ class _Health:
             return
         supervisor = self._supervisor or supervisor_from_scope(scope)
         statistics = supervisor.statistics()
-        stopping = statistics.shutting_down or supervisor in _stopping()
+        stopping = supervisor.stopping
         body: dict[str, object] = {
             "status": "shutting down" if stopping else "serving",
             **dataclasses.asdict(statistics),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["POLICY_ATTRIBUTE", "TaskPolicy", "task"]
+__all__ = ["POLICY_ATTRIBUTE", "TaskPolicy", "is_count", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,7 +69,8 @@ class TaskPolicy:
 
 
 # Checks of what a caller passed, whatever its annotations promised.
-def _is_count(value: object, minimum: int) -> bool:
+def is_count(value: object, minimum: int) -> bool:
+    """Whether ``value`` is an int (not a bool) >= ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
@@ -137,7 +138,7 @@ def task(
     allowed; one waiting for a ``limit`` slot ends ``skipped``.
     """
     checked_timeout = None if timeout is None else _seconds("timeout", timeout, allow_zero=False)
-    if not _is_count(retries, 0):
+    if not is_count(retries, 0):
         raise ValueError(f"task(retries=...) must be an int >= 0, got {retries!r}")
     kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     for kind in kinds:
@@ -152,7 +153,7 @@ def task(
         raise ValueError(
             f"task(max_backoff=...) must be >= backoff ({checked_backoff:g}), got {max_backoff!r}"
         )
-    if limit is not None and not _is_count(limit, 1):
+    if limit is not None and not is_count(limit, 1):
         raise ValueError(f"task(limit=...) must be an int >= 1 or None, got {limit!r}")
     if key is not None and not isinstance(key, str) and not callable(key):
         raise TypeError(

@@ -44,6 +44,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ._backend import DurableBackend
     from ._board import Board
     from ._observe import TaskObserver
@@ -101,16 +103,17 @@ class Policy:
 
     def plus(self, observer: TaskObserver) -> Policy:
         """This policy with one more observer."""
-        observers = Observers()
-        for known in (*self.observers.items, observer):
-            observers.add(known)
-        return Policy(self.on_error, self.error_hook, self.backend, self.spill, observers)
+        return self._with(self.observers.items, (observer,))
 
     def within(self, outer: Policy) -> Policy:
         """This policy for a request that went through ``outer``'s middleware first."""
+        return self._with(outer.observers.items, self.observers.items)
+
+    def _with(self, *groups: Iterable[TaskObserver]) -> Policy:
         observers = Observers()
-        for observer in (*outer.observers.items, *self.observers.items):
-            observers.add(observer)
+        for group in groups:
+            for observer in group:
+                observers.add(observer)
         return Policy(self.on_error, self.error_hook, self.backend, self.spill, observers)
 
 

@@ -40,7 +40,6 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app  # pyright: ignore[reportUnknownVariableType]
 
-from ._health import mark_stopping
 from ._middleware import BackgroundTasksMiddleware
 from ._supervisor import Mode, Supervisor, check_mode, check_timeout
 
@@ -138,7 +137,7 @@ class ShutdownControl:
         now = trio.current_time()
         self._requested_at = now if at is None else min(at, now)
         self._cause = cause
-        mark_stopping(self.supervisor)
+        self.supervisor.announce_stop()
         self.requested.set()
         if self.delay <= 0:
             self.begin()

@@ -22,6 +22,7 @@ import trio
 
 from ._board import Board
 from ._observe import Observers, TaskObserver
+from ._policy import is_count
 from ._records import ShutdownReport, TaskRecord
 from ._runner import ErrorHook, OnError, Policy, Runner
 from ._tasks import SOON, BackgroundTask, BackgroundTasks
@@ -59,10 +60,6 @@ def check_timeout(timeout: object, what: str = "drain_timeout") -> float:
     if not timeout >= 0 or math.isinf(timeout):
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got {timeout!r}")
     return float(timeout)
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +126,12 @@ class _Run:
         "mode",
         "nursery",
         "shutdown_started_at",
+        "stop_announced",
     )
 
     def __init__(self, board: Board) -> None:
         self.board = board
+        self.stop_announced = False
         self.nursery: trio.Nursery | None = None
         self.mode: Mode | None = None
         self.cause: str | None = None
@@ -190,10 +189,10 @@ class Supervisor:
                 "error_hook must be a function taking (record, exception), got "
                 f"{type(error_hook).__qualname__}"
             )
-        if not _is_count(thread_limit) or thread_limit < 1:
+        if not is_count(thread_limit, 1):
             raise ValueError(f"thread_limit must be an int >= 1, got {thread_limit!r}")
         self.thread_limit = thread_limit
-        if not _is_count(keep_records) or keep_records < 0:
+        if not is_count(keep_records, 0):
             raise ValueError(f"keep_records must be an int >= 0, got {keep_records!r}")
         self.keep_records = keep_records
         if backend is not None:
@@ -230,9 +229,12 @@ class Supervisor:
         try:
             return self._runs.get()
         except LookupError:
-            state = _Run(Board(keep_records=self.keep_records, thread_limit=self.thread_limit))
-            self._runs.set(state)
-            return state
+            return self._new_life()
+
+    def _new_life(self) -> _Run:
+        state = _Run(Board(keep_records=self.keep_records, thread_limit=self.thread_limit))
+        self._runs.set(state)
+        return state
 
     @property
     def board(self) -> Board:
@@ -257,6 +259,20 @@ class Supervisor:
         """Whether shutdown has begun in this trio run."""
         return self._state().shutdown_started_at is not None
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the server was asked to stop (:meth:`announce_stop`) or shutdown began.
+
+        With a shutdown delay the first comes before the second: readiness
+        (:func:`~trio_background.health`) fails from the first.
+        """
+        state = self._state()
+        return state.stop_announced or state.shutdown_started_at is not None
+
+    def announce_stop(self) -> None:
+        """Say that this supervisor's server will stop (``serve()`` does, at the signal)."""
+        self._state().stop_announced = True
+
     def start(self, nursery: trio.Nursery | None = None) -> None:
         """Mark the start of the supervisor's life in this trio run.
 
@@ -274,8 +290,7 @@ class Supervisor:
         if state.final is not None:
             # Served again in the same trio run (a test serving one app twice):
             # a new life, with its own batches, deadline and report.
-            state = _Run(Board(keep_records=self.keep_records, thread_limit=self.thread_limit))
-            self._runs.set(state)
+            state = self._new_life()
         if nursery is not None:
             state.nursery = nursery
         _CURRENT.set(self)
@@ -543,7 +558,7 @@ class Supervisor:
         Raises:
             ValueError: ``limit`` is not an int >= 0.
         """
-        if not _is_count(limit) or limit < 0:
+        if not is_count(limit, 0):
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         return self._state().board.ledger.recent(limit)
 
@@ -558,7 +573,7 @@ class Supervisor:
         Raises:
             ValueError: ``after`` is not a task id, or ``limit`` is not >= 1.
         """
-        if not _is_count(limit) or limit < 1:
+        if not is_count(limit, 1):
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         start = (0, -1)
         if after is not None:

@@ -45,7 +45,6 @@ __all__ = [
     "Runs",
     "TaskState",
     "adopting",
-    "describe",
     "released",
 ]
 
@@ -153,11 +152,6 @@ def released(*args: object, **kwargs: object) -> None:
         "this background task has ended and let go of its function and arguments; "
         "a task runs once: add it again to run it again"
     )
-
-
-def describe(func: object) -> str:
-    """The name of ``func`` for logs and messages."""
-    return _describe(func)
 
 
 class Runs(Protocol):
