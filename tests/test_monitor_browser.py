@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,6 +21,9 @@ import trio_background
 from trio_background import BackgroundTask, BackgroundTasksMiddleware, monitor, report_progress
 from trio_background.fastapi import BackgroundTasks
 from trio_background.testing import open_live_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
@@ -41,6 +46,21 @@ CHROMIUM_ARGS = [
 ]
 
 
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium, closed on the way out (from a worker thread: sync API)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 async def import_contacts(steps: list[trio.Event]) -> None:
     for done, step in enumerate(steps):
         report_progress(done, len(steps), message=f"batch {done + 1} of {len(steps)}")
@@ -49,8 +69,6 @@ async def import_contacts(steps: list[trio.Event]) -> None:
 
 
 async def test_progress_bar_moves_and_task_completes() -> None:
-    from playwright.sync_api import sync_playwright
-
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware)
     app.mount("/admin/tasks", monitor(poll_interval=0.1))
@@ -67,26 +85,20 @@ async def test_progress_bar_moves_and_task_completes() -> None:
         def browse() -> tuple[str, str, int]:
             row = f'[id="task-{task_id}"]'
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-                )
-                try:
-                    page = browser.new_page(viewport={"width": 1000, "height": 500})
-                    page.set_default_timeout(20_000)
-                    page.goto(f"{server.url}/admin/tasks/")
-                    page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="0"]')
-                    trio.from_thread.run_sync(steps[0].set)
-                    page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="1"]')
-                    trio.from_thread.run_sync(steps[1].set)
-                    page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="2"]')
-                    width = page.eval_on_selector(f"{row} .bar > div", "e => e.style.width")
-                    page.screenshot(path=str(ARTIFACTS / "monitor.png"))
-                    trio.from_thread.run_sync(steps[2].set)
-                    page.wait_for_selector(f'{row}[data-state="completed"]')
-                    state = page.inner_text(f"{row} .state-completed")
-                finally:
-                    browser.close()
+            with chromium() as browser:
+                page = browser.new_page(viewport={"width": 1000, "height": 500})
+                page.set_default_timeout(20_000)
+                page.goto(f"{server.url}/admin/tasks/")
+                page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="0"]')
+                trio.from_thread.run_sync(steps[0].set)
+                page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="1"]')
+                trio.from_thread.run_sync(steps[1].set)
+                page.wait_for_selector(f'{row} [role=progressbar][aria-valuenow="2"]')
+                width = page.eval_on_selector(f"{row} .bar > div", "e => e.style.width")
+                page.screenshot(path=str(ARTIFACTS / "monitor.png"))
+                trio.from_thread.run_sync(steps[2].set)
+                page.wait_for_selector(f'{row}[data-state="completed"]')
+                state = page.inner_text(f"{row} .state-completed")
             return width, state, (ARTIFACTS / "monitor.png").stat().st_size
 
         width, state, screenshot_size = await trio.to_thread.run_sync(browse)
@@ -99,8 +111,6 @@ HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 
 
 async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
-    from playwright.sync_api import sync_playwright
-
     release = trio.Event()
 
     async def wait() -> None:
@@ -130,48 +140,42 @@ async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
 
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+            with chromium() as browser:
+                page = browser.new_page()
+                page.set_default_timeout(20_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(f"{server.url}/admin/tasks/")
+                page.wait_for_selector('[id="task-1.0"]')
+                seen["shown"] = page.inner_text("#shown")
+                seen["rows"] = page.eval_on_selector_all("#active tr", "rows => rows.length")
+                seen["name"] = page.inner_text('[id="task-1.0"] td:nth-child(2)')
+                seen["images"] = page.eval_on_selector_all("#active img", "e => e.length")
+                # The next page follows the cursor.
+                page.click("#next")
+                page.wait_for_selector('[id="task-1.5"]')
+                # Hide the tab: the page stops polling (no timer left).
+                page.evaluate(
+                    """() => {
+                      Object.defineProperty(document, "visibilityState",
+                        {value: "hidden", configurable: true});
+                      document.dispatchEvent(new Event("visibilitychange"));
+                    }"""
                 )
-                try:
-                    page = browser.new_page()
-                    page.set_default_timeout(20_000)
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    page.goto(f"{server.url}/admin/tasks/")
-                    page.wait_for_selector('[id="task-1.0"]')
-                    seen["shown"] = page.inner_text("#shown")
-                    seen["rows"] = page.eval_on_selector_all("#active tr", "rows => rows.length")
-                    seen["name"] = page.inner_text('[id="task-1.0"] td:nth-child(2)')
-                    seen["images"] = page.eval_on_selector_all("#active img", "e => e.length")
-                    # The next page follows the cursor.
-                    page.click("#next")
-                    page.wait_for_selector('[id="task-1.5"]')
-                    # Hide the tab: the page stops polling (no timer left).
-                    page.evaluate(
-                        """() => {
-                          Object.defineProperty(document, "visibilityState",
-                            {value: "hidden", configurable: true});
-                          document.dispatchEvent(new Event("visibilitychange"));
-                        }"""
-                    )
-                    page.wait_for_function("() => timer === null")
-                    seen["hidden_polls"] = trio.from_thread.run_sync(len, polls)
-                    seen["still_hidden"] = page.evaluate("() => timer === null")
-                    # Shown again: it polls at once.
-                    page.evaluate(
-                        """() => {
-                          Object.defineProperty(document, "visibilityState",
-                            {value: "visible", configurable: true});
-                          document.dispatchEvent(new Event("visibilitychange"));
-                        }"""
-                    )
-                    page.wait_for_function("() => timer !== null")
-                    seen["pwned"] = page.evaluate("() => window.pwned === undefined")
-                    seen["errors"] = errors
-                finally:
-                    browser.close()
+                page.wait_for_function("() => timer === null")
+                seen["hidden_polls"] = trio.from_thread.run_sync(len, polls)
+                seen["still_hidden"] = page.evaluate("() => timer === null")
+                # Shown again: it polls at once.
+                page.evaluate(
+                    """() => {
+                      Object.defineProperty(document, "visibilityState",
+                        {value: "visible", configurable: true});
+                      document.dispatchEvent(new Event("visibilitychange"));
+                    }"""
+                )
+                page.wait_for_function("() => timer !== null")
+                seen["pwned"] = page.evaluate("() => window.pwned === undefined")
+                seen["errors"] = errors
             return seen
 
         seen = await trio.to_thread.run_sync(browse)
@@ -189,8 +193,6 @@ async def test_hostile_names_stay_text_and_a_hidden_tab_stops_polling() -> None:
 
 
 async def test_the_page_names_its_worker_and_says_when_it_lost_contact() -> None:
-    from playwright.sync_api import sync_playwright
-
     app = FastAPI()
     app.add_middleware(BackgroundTasksMiddleware)
     app.mount("/admin/tasks", monitor(poll_interval=0.1))
@@ -205,22 +207,16 @@ async def test_the_page_names_its_worker_and_says_when_it_lost_contact() -> None
         url: str = await nursery.start(serve_until_stopped)
 
         def browse() -> tuple[str, str]:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-                )
-                try:
-                    page = browser.new_page()
-                    page.set_default_timeout(20_000)
-                    page.goto(f"{url}/admin/tasks/")
-                    page.wait_for_selector('#contact[data-state="live"]')
-                    live = page.inner_text("#contact")
-                    trio.from_thread.run_sync(stop.set)  # the server goes away
-                    # Within a few seconds (3 s without an answer, at this interval).
-                    page.wait_for_selector('#contact[data-state="lost"]')
-                    lost = page.inner_text("#contact")
-                finally:
-                    browser.close()
+            with chromium() as browser:
+                page = browser.new_page()
+                page.set_default_timeout(20_000)
+                page.goto(f"{url}/admin/tasks/")
+                page.wait_for_selector('#contact[data-state="live"]')
+                live = page.inner_text("#contact")
+                trio.from_thread.run_sync(stop.set)  # the server goes away
+                # Within a few seconds (3 s without an answer, at this interval).
+                page.wait_for_selector('#contact[data-state="lost"]')
+                lost = page.inner_text("#contact")
             return live, lost
 
         live, lost = await trio.to_thread.run_sync(browse)
@@ -301,8 +297,6 @@ def hanging_app() -> tuple[FastAPI, Recorder, list[BackgroundTask]]:
 
 
 async def test_the_cancel_button_cancels_a_running_task() -> None:
-    from playwright.sync_api import sync_playwright
-
     app, recorder, handles = hanging_app()
     async with open_live_server(app) as server:
         async with httpx.AsyncClient(base_url=server.url) as client:
@@ -314,35 +308,29 @@ async def test_the_cancel_button_cancels_a_running_task() -> None:
         def browse() -> dict[str, Any]:
             seen: dict[str, Any] = {}
             row = f'[id="task-{task_id}"]'
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
+            with chromium() as browser:
+                page = browser.new_page()
+                page.set_default_timeout(20_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                # Without allow_cancel: no button.
+                page.goto(f"{server.url}/readonly/")
+                page.wait_for_selector(f"#active {row}")
+                seen["readonly_buttons"] = page.eval_on_selector_all(
+                    "button.cancel", "e => e.length"
                 )
-                try:
-                    page = browser.new_page()
-                    page.set_default_timeout(20_000)
-                    errors: list[str] = []
-                    page.on("pageerror", lambda exc: errors.append(str(exc)))
-                    # Without allow_cancel: no button.
-                    page.goto(f"{server.url}/readonly/")
-                    page.wait_for_selector(f"#active {row}")
-                    seen["readonly_buttons"] = page.eval_on_selector_all(
-                        "button.cancel", "e => e.length"
-                    )
-                    page.goto(f"{server.url}/admin/tasks/")
-                    page.wait_for_selector(f"#active {row} button.cancel")
-                    seen["buttons"] = page.eval_on_selector_all(
-                        "#active button.cancel", "e => e.length"
-                    )
-                    seen["attempts"] = page.inner_text(f'[id="task-{flaky_id}"] .attempts')
-                    seen["one_attempt"] = page.inner_text(f"#active {row} .attempts")
-                    page.click(f"#active {row} button.cancel")
-                    page.wait_for_selector(f'#finished {row}[data-state="cancelled"]')
-                    seen["status"] = page.inner_text("#cancel-status")
-                    seen["other"] = page.get_attribute(f'[id="task-{other_id}"]', "data-state")
-                    seen["errors"] = errors
-                finally:
-                    browser.close()
+                page.goto(f"{server.url}/admin/tasks/")
+                page.wait_for_selector(f"#active {row} button.cancel")
+                seen["buttons"] = page.eval_on_selector_all(
+                    "#active button.cancel", "e => e.length"
+                )
+                seen["attempts"] = page.inner_text(f'[id="task-{flaky_id}"] .attempts')
+                seen["one_attempt"] = page.inner_text(f"#active {row} .attempts")
+                page.click(f"#active {row} button.cancel")
+                page.wait_for_selector(f'#finished {row}[data-state="cancelled"]')
+                seen["status"] = page.inner_text("#cancel-status")
+                seen["other"] = page.get_attribute(f'[id="task-{other_id}"]', "data-state")
+                seen["errors"] = errors
             return seen
 
         seen = await trio.to_thread.run_sync(browse)
@@ -400,8 +388,6 @@ window.results = {};
 
 
 async def test_a_page_on_another_origin_cannot_cancel() -> None:
-    from playwright.sync_api import sync_playwright
-
     app, recorder, _ = hanging_app()
     recorder.expected_posts = 2  # the no-cors fetch and the form; the CORS one never leaves
     async with open_live_server(app) as server:
@@ -433,19 +419,13 @@ async def test_a_page_on_another_origin_cannot_cancel() -> None:
                     await recorder.posted.wait()
 
             def browse() -> dict[str, Any]:
-                with sync_playwright() as playwright:
-                    browser = playwright.chromium.launch(
-                        executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-                    )
-                    try:
-                        page = browser.new_page()
-                        page.set_default_timeout(20_000)
-                        page.goto(f"{other.url}/")
-                        page.wait_for_function("() => window.results.done === true")
-                        trio.from_thread.run(all_posts_answered)
-                        results: dict[str, Any] = page.evaluate("() => window.results")
-                    finally:
-                        browser.close()
+                with chromium() as browser:
+                    page = browser.new_page()
+                    page.set_default_timeout(20_000)
+                    page.goto(f"{other.url}/")
+                    page.wait_for_function("() => window.results.done === true")
+                    trio.from_thread.run(all_posts_answered)
+                    results: dict[str, Any] = page.evaluate("() => window.results")
                 return results
 
             results = await trio.to_thread.run_sync(browse)
