@@ -118,7 +118,8 @@ def _import_type_checking_names() -> None:
         tree = ast.parse(inspect.getsource(module))
         for node in tree.body:
             if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
-                code = compile(ast.Module(body=node.body, type_ignores=[]), module.__file__, "exec")
+                imports = [n for n in node.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+                code = compile(ast.Module(body=imports, type_ignores=[]), module.__file__, "exec")
                 exec(code, vars(module))
 
 

@@ -20,7 +20,7 @@ import inspect
 from contextvars import ContextVar
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, Protocol
 
 import trio
 
@@ -421,6 +421,20 @@ class BackgroundTasks:
 
     def __bool__(self) -> bool:
         return True
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: object) -> NoReturn:
+        # Pydantic asks for a schema when FastAPI takes a parameter typed with
+        # the bare class for a request field (the dependency is missing): say
+        # what to write, where FastAPI would say "Invalid args for response field!".
+        raise TypeError(
+            "a trio_background.BackgroundTasks parameter or attribute without its dependency: "
+            "FastAPI would read it from the request. In a handler, type it "
+            "trio_background.fastapi.BackgroundTasks; in a class-based view (fastapi-utils' "
+            "cbv reads attributes with typing.get_type_hints, which drops the dependency), "
+            "write `background_tasks: BackgroundTasks = Depends(get_background_tasks)`, both "
+            "from trio_background.fastapi"
+        ) from None  # pydantic's own lookup failure is no news to the user
 
     def bind(self, runner: Runs) -> None:
         """For the runner: it owns this batch (and every task added later).

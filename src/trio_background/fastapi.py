@@ -19,12 +19,19 @@ Depends(...)]``: the handler gets the request's batch, which the middleware
 runs after the response, before the request's ``yield`` dependencies close
 (as in FastAPI >= 0.118). As in FastAPI, tasks added by a handler that raises
 (``HTTPException`` included) do not run: they end ``skipped``.
+
+Unlike a plain ``Annotated`` alias, it answers ``isinstance(x,
+BackgroundTasks)`` (true for a batch), as FastAPI's class does. A class-based
+view that reads its attributes with :func:`typing.get_type_hints`
+(fastapi-utils' ``cbv``) drops the ``Annotated`` part and with it the
+dependency: FastAPI then fails at startup, with a message that says to write
+``background_tasks: BackgroundTasks = Depends(get_background_tasks)``.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
 
@@ -170,5 +177,34 @@ async def get_background_tasks(connection: HTTPConnection) -> _BackgroundTasks:
     return batch
 
 
-BackgroundTasks = Annotated[_BackgroundTasks, Depends(get_background_tasks)]
-"""A handler parameter typed ``BackgroundTasks`` receives the request's batch."""
+class _CheckableAnnotated(type(Annotated[int, 0]), _root=True):  # type: ignore[misc,call-arg]
+    """``Annotated[batch, Depends(...)]`` that ``isinstance`` accepts.
+
+    FastAPI reads it as any ``Annotated`` alias (the type and its
+    dependency); ``isinstance``/``issubclass`` answer for the batch class, as
+    for FastAPI's own ``BackgroundTasks`` class, where a plain alias raises
+    "Subscripted generics cannot be used with class and instance checks"
+    (ported code does ``isinstance(x, BackgroundTasks)``). It is typing's own
+    ``Annotated`` alias class, subclassed the way typing subclasses it.
+    """
+
+    def __instancecheck__(self, obj: object) -> bool:
+        return isinstance(obj, _BackgroundTasks)
+
+    def __subclasscheck__(self, cls: type) -> bool:
+        return issubclass(cls, _BackgroundTasks)
+
+
+if TYPE_CHECKING:
+    # For type checkers the batch class itself: a handler's parameter is a
+    # batch, and isinstance() checks pass (an Annotated alias would fail them).
+    BackgroundTasks = _BackgroundTasks
+else:
+    BackgroundTasks: Any = _CheckableAnnotated(_BackgroundTasks, (Depends(get_background_tasks),))
+    """A handler parameter typed ``BackgroundTasks`` receives the request's batch.
+
+    ``isinstance(x, BackgroundTasks)`` is true for a batch. In a class-based
+    view that reads its attributes with :func:`typing.get_type_hints`, write
+    the dependency out: ``background_tasks: BackgroundTasks =
+    Depends(get_background_tasks)``.
+    """
