@@ -26,6 +26,7 @@ from .test_cli import run_cli
 APP = """\
 import os
 import sys
+import time
 
 import trio
 from starlette.applications import Starlette
@@ -52,8 +53,24 @@ async def task(request):
     return JSONResponse({{"id": added.id, "pid": os.getpid()}})
 
 
+async def block_the_loop():
+    print(f"task blocking started in {{os.getpid()}}", file=sys.stderr, flush=True)
+    time.sleep(60)  # a task that trio cannot stop
+
+
+async def block(request):
+    from_scope(request.scope).add_task(block_the_loop)
+    return JSONResponse({{"pid": os.getpid()}})
+
+
 app = BackgroundTasksMiddleware(
-    Starlette(routes=[Route("/version", version), Route("/task", task, methods=["POST"])])
+    Starlette(
+        routes=[
+            Route("/version", version),
+            Route("/task", task, methods=["POST"]),
+            Route("/block", block, methods=["POST"]),
+        ]
+    )
 )
 """
 
@@ -109,6 +126,8 @@ async def test_a_change_reloads_while_the_old_workers_task_finishes(tmp_path: Pa
         r"INFO trio_background: reload: \S*reload_app\.py changed; starting a new worker"
     )
     await server.wait_for(r"reload: worker 0 \(pid \d+\) serves the new code")
+    # The old worker stops accepting (its tasks have until the deadline).
+    await server.wait_for(rf"\[{old['pid']}\] INFO trio_background: shutdown: draining")
     await wait_for_version(url, "two")
     new = await add_task(url, release)
     assert new["pid"] != old["pid"]
@@ -174,6 +193,47 @@ async def test_in_cancel_mode_a_reload_cancels_the_old_workers_task(tmp_path: Pa
     (cancelled,) = report["cancelled"]
     assert (cancelled["id"], cancelled["name"]) == (old["id"], "wait_for_file")
     assert re.fullmatch(rf"{old['pid']}-\S+", cancelled["id"])
+
+
+async def test_a_retired_worker_that_cannot_stop_is_killed_and_reported_lost(
+    tmp_path: Path,
+) -> None:
+    report_path = tmp_path / "report.json"
+    server, url = await serve(tmp_path, "--mode", "cancel", "--report-json", str(report_path))
+    async with httpx.AsyncClient(base_url=url) as client:
+        old = (await client.post("/block")).json()["pid"]
+    await server.wait_for(rf"task blocking started in {old}")
+    write_app(tmp_path, APP.format(version="two"))
+    await server.wait_for(
+        rf"ERROR trio_background: worker 0 \(pid {old}\) still running at its retirement's "
+        r"deadline: killed"
+    )
+    await wait_for_version(url, "two")  # the new worker serves all along
+    server.process.send_signal(signal.SIGINT)
+    assert await server.finish() == 1, server.output  # as when a worker is killed at shutdown
+    report = json.loads(report_path.read_text())
+    assert [s["fate"] for s in report["workers"]] == ["killed", "exited"]
+    (lost,) = report["lost"]
+    assert (lost["pid"], lost["reason"]) == (
+        old, "the worker was still running at its retirement's deadline (a reload): killed"
+    )  # fmt: skip
+
+
+async def test_every_worker_reloads(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    server, url = await serve(tmp_path, "--workers", "2", "--report-json", str(report_path))
+    await server.wait_for(r"Running on", new=True)  # the second worker
+    write_app(tmp_path, APP.format(version="two"))
+    await server.wait_for(r"reload: \S+ changed; starting 2 new workers")
+    for index in (0, 1):
+        await server.wait_for(rf"reload: worker {index} \(pid \d+\) serves the new code")
+    await wait_for_version(url, "two")
+    server.process.send_signal(signal.SIGINT)
+    assert await server.finish() == 0, server.output
+    report = json.loads(report_path.read_text())
+    fates = sorted((s["worker"], s["fate"]) for s in report["workers"])
+    assert fates == [(0, "exited"), (0, "retired"), (1, "exited"), (1, "retired")]
+    assert len({s["pid"] for s in report["workers"]}) == 4
 
 
 def test_reload_and_a_shutdown_delay_are_refused_together() -> None:
