@@ -337,8 +337,9 @@ class _Parent:
         return worker
 
     def start(self, index: int) -> None:
-        """Start a worker for ``index`` and follow it until it ends."""
-        assert self._nursery is not None
+        """Start a worker for ``index`` and follow it until it ends (from :meth:`run` on)."""
+        if self._nursery is None:
+            raise RuntimeError("start() is for the parent's run(), which follows the workers")
         self._nursery.start_soon(self._run, self.spawn(index))
 
     async def _run(self, worker: _Worker) -> None:
