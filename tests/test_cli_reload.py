@@ -85,8 +85,9 @@ def write_app(folder: Path, text: str) -> None:
 
 async def serve(folder: Path, *args: str) -> tuple[Server, str]:
     write_app(folder, APP.format(version="one"))
+    path = [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
     server = await start_cli(
-        "--reload", *args, app="reload_app:app", env={"PYTHONPATH": str(folder)}
+        "--reload", *args, app="reload_app:app", env={"PYTHONPATH": os.pathsep.join(path)}
     )
     return server, await server.url()
 
