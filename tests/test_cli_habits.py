@@ -36,13 +36,6 @@ def test_version() -> None:
             "interface)\n"),
         (["--host", "0.0.0.0"], "error: there is no --host: give host and port together, as "
             "Hypercorn does: --bind 0.0.0.0:8000\n"),
-        (["--reload"], "error: --reload is not supported: this server's job is a shutdown "
-            "that waits for background tasks, and a reloader restarts it behind your back. For "
-            "development, use Hypercorn's reloader with this package's config: hypercorn "
-            "--reload --config python:trio_background.hypercorn_config MODULE:APP (on each "
-            "change it shuts the worker down as SIGTERM does: running tasks get "
-            "--graceful-timeout, 3 s by default, to finish, then are cancelled, and the report "
-            "is logged before the new worker starts)\n"),
         (["--access-log", "tests.cli_app:app"], "error: argument --access-log: expected - "
             "(stdout) or a file PATH, got 'tests.cli_app:app', which looks like the app: give "
             "MODULE:APP first, or write --access-log - before it\n"),

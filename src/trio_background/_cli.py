@@ -3,13 +3,17 @@
 Hypercorn's own options (the same names, applied to Hypercorn's ``Config``,
 with ``--config`` read by Hypercorn's loader: TOML, ``file:`` Python file or
 ``python:`` module; options on the command line win) plus ours: the
-shutdown policy, the report file, the readiness delay, ``--factory`` and
-``--backend``. Everything that can be wrong is checked before serving.
+shutdown policy, the report file, the readiness delay, ``--factory``,
+``--backend`` and ``--reload``. Everything that can be wrong is checked
+before serving.
 
 Habits from other servers get a hint rather than a bare "unrecognized
-arguments": ``--port``/``--host`` (uvicorn's) name the ``--bind`` to write,
-and ``--reload`` names the development command that reloads (Hypercorn's own
-reloader, with this package's Hypercorn config).
+arguments": ``--port``/``--host`` (uvicorn's) name the ``--bind`` to write.
+
+``--reload`` (development) serves through the ``--workers`` parent, which
+replaces its workers when a source file changes (see ``_workers``): running
+tasks finish in the old process, up to the drain deadline, while the new
+code serves.
 
 Exit status: 0 after an orderly shutdown (whatever the report says: the
 report is the place for that), 2 for bad arguments, an app that cannot be
@@ -175,20 +179,6 @@ def _host_hint(value: str) -> str:
     return f"there is no --host: give host and port together, as Hypercorn does: --bind {host}:8000"
 
 
-def _reload_hint(_: str) -> str:
-    return _RELOAD_HINT
-
-
-_RELOAD_HINT = (
-    "--reload is not supported: this server's job is a shutdown that waits for background "
-    "tasks, and a reloader restarts it behind your back. For development, use Hypercorn's "
-    "reloader with this package's config: hypercorn --reload --config "
-    "python:trio_background.hypercorn_config MODULE:APP (on each change it shuts the worker "
-    "down as SIGTERM does: running tasks get --graceful-timeout, 3 s by default, to finish, "
-    "then are cancelled, and the report is logged before the new worker starts)"
-)
-
-
 class _Hint(argparse.Action):
     """An option another server has: fail with the command line to write instead."""
 
@@ -324,11 +314,17 @@ def _parser() -> argparse.ArgumentParser:
         "--access-logfile -, or a file PATH (off by default, as in Hypercorn: it costs about "
         "as much per request as a trivial endpoint)",
     )  # fmt: skip
+    ours.add_argument(
+        "--reload", action="store_true",
+        help="for development: when a source file changes, start new worker processes at "
+        "once and retire the old ones as the first signal does: their running tasks finish "
+        "there, up to --drain-timeout (--mode cancel cuts them), while the new code serves; "
+        "an edit that cannot start leaves the old code serving (default workers: 1)",
+    )  # fmt: skip
     ours.add_argument("--version", action="version", version=_version())
     # Other servers' habits, hidden from --help: each fails with a hint.
     ours.add_argument("--port", action=_Hint, hint=_port_hint, help=argparse.SUPPRESS)
     ours.add_argument("--host", action=_Hint, hint=_host_hint, help=argparse.SUPPRESS)
-    ours.add_argument("--reload", action=_Hint, nargs=0, hint=_reload_hint, help=argparse.SUPPRESS)
     theirs = parser.add_argument_group(
         "Hypercorn options", "the same as Hypercorn's own; see its documentation"
     )
@@ -425,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     config = _config(args)
+    if args.reload and args.shutdown_delay > 0:
+        _fail(
+            "--reload cannot be used with --shutdown-delay: after each change the old worker "
+            "would keep accepting, and answering with the old code, for the delay. "
+            "--shutdown-delay is for load balancers in production, --reload for development: "
+            "drop one of them"
+        )
     report_file: ReportFile | None = None
     if args.report_json is not None:
         try:
@@ -440,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     # Workers mode logs through the root logger only (basicConfig below).
     with _SignalGuard() as guard:
         try:
-            if config.workers > 1:
+            if config.workers > 1 or args.reload:
                 data, ok = _serve_workers(args, config, lambda: guard.pending)
             else:
                 configure_logging(config, args.log_level)
@@ -513,6 +516,7 @@ def _serve_workers(
         configure_logging=configure_logging,
         config=config,
         sockets=sockets,
+        reload=args.reload,
     )
     try:
         with tempfile.TemporaryDirectory(prefix="trio-background-") as folder:

@@ -12,10 +12,24 @@ them: per-worker sections and summed counts.
 
 A worker that dies while serving is logged and replaced; one that dies
 before it was ready means the app cannot start, and the whole server stops
-(exit 1). After the first signal, a worker still running ``KILL_AFTER``
-seconds after the batch deadline is killed and reported so (the whole
-process tree then exits by the deadline + 1 s). Workers cut in-flight
-request handlers ``WORKER_CLEANUP_MARGIN`` after the deadline, before that.
+(exit 1).
+
+``--reload`` (development) runs through the same parent, which then also
+watches the source files (Hypercorn's ``files_to_watch``: every module's
+file, in the parent and in each ready worker). On a change it starts a new
+generation of workers at once, on the same sockets, so connections are
+never refused; each old worker is retired once its successor said it is
+ready: it stops accepting and shuts down as at the first signal (its
+running tasks get the drain deadline, cancel mode cuts them), logs and
+writes its report and exits. A new worker that exits before it was ready
+(a syntax error, a failed import, a factory or lifespan that raises) stops
+nothing: the old one keeps serving until the next change.
+
+After the first signal, a worker still running ``KILL_AFTER`` seconds
+after the batch deadline is killed and reported so (the whole process tree
+then exits by the deadline + 1 s); so is a retired worker past its own.
+Workers cut in-flight request handlers ``WORKER_CLEANUP_MARGIN`` after the
+deadline, before that.
 
 The merged report never passes a missing worker off as an idle one: a
 worker that died, was killed or left no report makes the parent exit 1, and
@@ -40,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+from hypercorn.utils import check_for_updates, files_to_watch
 
 from ._board import WORKER
 from ._cli import leave
@@ -74,6 +89,10 @@ logger = logging.getLogger("trio_background")
 # to merge, write the report and exit.
 WORKER_CLEANUP_MARGIN = 0.5
 KILL_AFTER = 0.8
+# How often --reload looks at the source files' modification times.
+RELOAD_INTERVAL = 1.0
+# How many changed files the reload's log line names.
+RELOAD_NAMED = 3
 # How often a worker tells the parent what it has in flight, and how many of
 # its unfinished tasks' records it sends (what `lost` lists if it dies).
 STATS_INTERVAL = 0.25
@@ -96,6 +115,7 @@ class WorkerSpec:
     configure_logging: Callable[[Config, str], None]
     config: Config
     sockets: Sockets
+    reload: bool = False
 
 
 def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str) -> None:
@@ -107,7 +127,7 @@ def worker_main(spec: WorkerSpec, index: int, conn: Connection, report_path: str
     try:
         app = check_asgi(load_object(spec.app), spec.app, factory=spec.factory)
         backend = None if spec.backend is None else load_object(spec.backend, what="NAME")
-    except LoadError as exc:  # the parent loaded it: this is a race with an edit
+    except LoadError as exc:  # the parent loaded it: an edit since (--reload) broke it
         sys.stderr.write(exc.user_traceback + f"worker {index}: {exc}\n")
         sys.exit(2)
     for sock in (*spec.sockets.secure_sockets, *spec.sockets.insecure_sockets):
@@ -152,6 +172,8 @@ async def _serve_worker(
                 control.request("signal", at=trio_time_of(message[1]))
             elif message[0] == "escalate":
                 control.escalate(at=trio_time_of(message[1]))
+            elif message[0] == "retire":  # a new worker serves the edited code
+                control.request("reload", at=trio_time_of(message[1]))
 
     async def report_statistics() -> None:
         while True:
@@ -189,7 +211,11 @@ async def _serve_worker(
         await nursery.start(run)
         await started.wait()  # a failed startup raises instead
         supervisor = control.supervisor
-        conn.send(("ready", {"mode": supervisor.mode, "drain_timeout": supervisor.drain_timeout}))
+        ready: dict[str, Any] = {"mode": supervisor.mode, "drain_timeout": supervisor.drain_timeout}
+        if spec.reload:  # what this worker imported, for the parent to watch too
+            files = await trio.to_thread.run_sync(files_to_watch)
+            ready["files"] = {str(path): mtime for path, mtime in files.items()}
+        conn.send(("ready", ready))
     return reports[0]
 
 
@@ -199,7 +225,11 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     report_path: Path
+    generation: int = 0
     ready: dict[str, Any] | None = None
+    retiring: bool = False
+    # When the parent kills it if it still runs (trio's clock; a retired worker's).
+    kill_at: float = float("inf")
     last_known: dict[str, Any] | None = None
     fate: str = "running"
     failure: str | None = None
@@ -211,7 +241,7 @@ class _Worker:
 
     def section(self) -> dict[str, Any]:
         report: dict[str, Any] | None = None
-        if self.fate == "exited":
+        if self.fate in ("exited", "retired"):
             try:
                 report = json.loads(self.report_path.read_text())
             except (OSError, ValueError) as exc:
@@ -223,7 +253,9 @@ class _Worker:
             "worker": self.index,
             "pid": self.process.pid,
             "exit_code": self.process.exitcode,
-            "fate": self.fate if report is not None or self.fate != "exited" else "no report",
+            "fate": self.fate
+            if report is not None or self.fate not in ("exited", "retired")
+            else "no report",
             "last_known": last_known,
             "report": report,
         }
@@ -233,6 +265,8 @@ class _Worker:
         code = self.process.exitcode
         if self.fate == "died":
             reason = f"the worker died (exit code {code}) while serving"
+        elif self.fate == "killed" and self.retiring:
+            reason = "the worker was still running at its retirement's deadline (a reload): killed"
         elif self.fate == "killed":
             reason = "the worker was still running at the exit deadline: killed"
         else:
@@ -264,11 +298,18 @@ class _Parent:
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
         self.live: set[_Worker] = set()
+        # The ready worker that serves each index (retired ones are not here).
+        self.serving: dict[int, _Worker] = {}
+        self.generation = 0  # one more at each --reload change
         self.shutting_down = False
+        self.stopped = trio.Event()
         self.failed = False
         self.exit_by = float("inf")
         self.exit_changed = trio.Event()
         self.signal_at = 0.0
+        # Files ready workers imported, for the watcher to add (--reload).
+        self.new_files: dict[Path, float] = {}
+        self._nursery: trio.Nursery | None = None
 
     def spawn(self, index: int) -> _Worker:
         ours, theirs = self.context.Pipe()
@@ -288,38 +329,59 @@ class _Parent:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         theirs.close()
-        worker = _Worker(index, process, ours, path)
+        worker = _Worker(index, process, ours, path, generation=self.generation)
         self.workers.append(worker)
         self.live.add(worker)
         if self.shutting_down:
             worker.send("shutdown", self.signal_at)
         return worker
 
-    async def slot(self, index: int) -> None:
-        """Keep worker ``index`` running until shutdown."""
-        while True:
-            worker = self.spawn(index)
-            await self._follow(worker)
-            self.live.discard(worker)
-            if self.shutting_down or self.failed:
-                return
-            if worker.ready is None:
+    def start(self, index: int) -> None:
+        """Start a worker for ``index`` and follow it until it ends (from :meth:`run` on)."""
+        if self._nursery is None:
+            raise RuntimeError("start() is for the parent's run(), which follows the workers")
+        self._nursery.start_soon(self._run, self.spawn(index))
+
+    async def _run(self, worker: _Worker) -> None:
+        await self._follow(worker)
+        self.live.discard(worker)
+        if self.serving.get(worker.index) is worker:
+            del self.serving[worker.index]
+        if self.shutting_down or self.failed or worker.retiring:
+            return
+        index = worker.index
+        if worker.ready is None:
+            if self.spec.reload and worker.generation > 0:
+                # The edited code cannot start (its traceback is above): not
+                # a reason to stop a development server.
+                old = self.serving.get(index)
                 logger.error(
-                    "worker %d (pid %s) exited with code %s before it was ready: stopping",
+                    "reload: worker %d (pid %s) exited with code %s before it was ready; %s",
                     index,
                     worker.process.pid,
                     worker.process.exitcode,
+                    "no worker serves it until the next change"
+                    if old is None
+                    else f"worker {index} (pid {old.process.pid}) keeps serving the previous "
+                    "code until the next change",
                 )
-                self.failed = True
-                self.begin_shutdown()
                 return
-            if worker.process.exitcode == 0:  # it stopped by itself (max_requests)
-                logger.info(
-                    "worker %d (pid %s) stopped by itself; starting a replacement",
-                    index,
-                    worker.process.pid,
-                )
-                continue
+            logger.error(
+                "worker %d (pid %s) exited with code %s before it was ready: stopping",
+                index,
+                worker.process.pid,
+                worker.process.exitcode,
+            )
+            self.failed = True
+            self.begin_shutdown()
+            return
+        if worker.process.exitcode == 0:  # it stopped by itself (max_requests)
+            logger.info(
+                "worker %d (pid %s) stopped by itself; starting a replacement",
+                index,
+                worker.process.pid,
+            )
+        else:
             worker.fate = "died"
             logger.error(
                 "worker %d (pid %s) died (exit code %s) while serving; last known: %s; "
@@ -329,6 +391,7 @@ class _Parent:
                 worker.process.exitcode,
                 _describe_statistics(worker.last_known),
             )
+        self.start(index)
 
     async def _follow(self, worker: _Worker) -> None:
         conn = worker.conn
@@ -339,7 +402,7 @@ class _Parent:
             except (EOFError, OSError):
                 break
             if kind == "ready":
-                worker.ready = data
+                self._ready(worker, data)
             elif kind == "stats":
                 worker.last_known = data
             elif kind == "failed":
@@ -349,18 +412,82 @@ class _Parent:
         worker.process.join()
         worker.ended_at = time.monotonic()
         if worker.fate == "running":
-            worker.fate = "exited"
+            worker.fate = "retired" if worker.retiring else "exited"
+
+    def _ready(self, worker: _Worker, ready: dict[str, Any]) -> None:
+        """``worker`` serves: it replaces the one of its index, which retires."""
+        files: dict[str, float] = ready.pop("files", {})
+        worker.ready = ready
+        self.new_files.update({Path(path): mtime for path, mtime in files.items()})
+        if self.shutting_down:  # it got "shutdown" already
+            return
+        old = self.serving.get(worker.index)
+        if old is not None and old.generation > worker.generation:
+            self.retire(worker)  # a later change's worker was ready first
+            return
+        self.serving[worker.index] = worker
+        if old is not None:
+            logger.info(
+                "reload: worker %d (pid %s) serves the new code; pid %s retires (its running "
+                "tasks have until the drain deadline)",
+                worker.index,
+                worker.process.pid,
+                old.process.pid,
+            )
+            self.retire(old)
+
+    def retire(self, worker: _Worker) -> None:
+        """Shut ``worker`` down as the first signal would; kill it if it outlives that."""
+        if self.shutting_down:  # it shuts down with the others already
+            return
+        worker.retiring = True
+        arrived = time.monotonic()
+        worker.send("retire", arrived)
+        worker.kill_at = trio_time_of(arrived) + self._deadline_in([worker]) + KILL_AFTER
+        self.exit_changed.set()
+        self.exit_changed = trio.Event()
+
+    def reload(self, changed: list[Path]) -> None:
+        """Start a new generation of workers for the edited code."""
+        if self.shutting_down:
+            return
+        named = ", ".join(str(path) for path in changed[:RELOAD_NAMED])
+        if len(changed) > RELOAD_NAMED:
+            named += f" and {len(changed) - RELOAD_NAMED} more"
+        logger.info(
+            "reload: %s changed; starting %s",
+            named or "a source file",
+            "a new worker" if self.count == 1 else f"{self.count} new workers",
+        )
+        self.generation += 1
+        for index in range(self.count):
+            self.start(index)
+
+    async def watch_files(self) -> None:
+        """Reload on each change to a source file, checked every ``RELOAD_INTERVAL``."""
+        files = await trio.to_thread.run_sync(files_to_watch)
+        while not self.shutting_down:
+            await trio.sleep(RELOAD_INTERVAL)
+            # Merged here, not in the thread that reads ``files``.
+            for path, mtime in self.new_files.items():
+                files.setdefault(path, mtime)
+            self.new_files.clear()
+            changed = await trio.to_thread.run_sync(_changed_files, files)
+            if changed is not None:
+                self.reload(changed)
 
     def begin_shutdown(self, arrived: float | None = None) -> None:
         """The first signal, which arrived at ``arrived`` (monotonic; None: now)."""
         if self.shutting_down:
             return
         self.shutting_down = True
+        self.stopped.set()
         self.signal_at = time.monotonic() if arrived is None else arrived
         for worker in self.live:
             worker.send("shutdown", self.signal_at)
         # The deadline counts from the end of the delay (in both modes).
-        self._exit_within(self.spec.shutdown_delay + self._deadline_in() + KILL_AFTER, arrived)
+        deadline = self._deadline_in([w for w in self.live if not w.retiring])
+        self._exit_within(self.spec.shutdown_delay + deadline + KILL_AFTER, arrived)
 
     def escalate(self, arrived: float | None = None) -> None:
         arrived = time.monotonic() if arrived is None else arrived
@@ -368,9 +495,9 @@ class _Parent:
             worker.send("escalate", arrived)
         self._exit_within(KILL_AFTER, arrived)
 
-    def _deadline_in(self) -> float:
-        """Seconds from now to the batch deadline (the longest the workers said)."""
-        policies = [w.ready for w in self.live if w.ready is not None]
+    def _deadline_in(self, workers: list[_Worker]) -> float:
+        """Seconds from now to the batch deadline of ``workers`` (the longest they said)."""
+        policies = [w.ready for w in workers if w.ready is not None]
         modes = [self.spec.mode or p["mode"] for p in policies] or [self.spec.mode or "drain"]
         if all(mode == "cancel" for mode in modes):
             return 0.0
@@ -385,21 +512,31 @@ class _Parent:
         self.exit_changed = trio.Event()
 
     async def kill_late(self) -> None:
-        """Kill the workers still running when the exit deadline comes."""
+        """Kill the workers still running when their exit deadline comes.
+
+        That is the server's after the first signal, or a retired worker's own.
+        """
         while True:
-            with trio.move_on_at(self.exit_by):
+            killable = [w.kill_at for w in self.live if w.fate != "killed"]
+            next_at = min([self.exit_by, *killable])
+            with trio.move_on_at(next_at):
                 await self.exit_changed.wait()
                 continue
+            now = trio.current_time()
             for worker in list(self.live):
+                if min(self.exit_by, worker.kill_at) > now or worker.fate == "killed":
+                    continue
                 logger.error(
-                    "worker %d (pid %s) still running at the exit deadline: killed; last known: %s",
+                    "worker %d (pid %s) still running at %s: killed; last known: %s",
                     worker.index,
                     worker.process.pid,
+                    "its retirement's deadline" if self.exit_by > now else "the exit deadline",
                     _describe_statistics(worker.last_known),
                 )
                 worker.fate = "killed"
                 worker.process.kill()
-            return
+            if self.exit_by <= now:
+                return
 
     async def run(self, signalled_before: Callable[[], float | None]) -> None:
         with signal_arrivals() as signals:
@@ -408,9 +545,15 @@ class _Parent:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals)
                 nursery.start_soon(self.kill_late)
-                async with trio.open_nursery() as slots:
+                if self.spec.reload:
+                    nursery.start_soon(self.watch_files)
+                async with trio.open_nursery() as workers:
+                    self._nursery = workers
                     for index in range(self.count):
-                        slots.start_soon(self.slot, index)
+                        self.start(index)
+                    # Open until shutdown, even while no worker runs (--reload,
+                    # after an edit that cannot start).
+                    await self.stopped.wait()
                 nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, signals: AsyncIterator[float]) -> None:
@@ -419,6 +562,28 @@ class _Parent:
                 self.escalate(arrived)
             else:
                 self.begin_shutdown(arrived)
+
+
+def _changed_files(files: dict[Path, float]) -> list[Path] | None:
+    """The watched files changed since the last look (None: none), and look again from now.
+
+    Hypercorn's ``check_for_updates`` answers whether one did; this names them.
+    """
+    before = dict(files)
+    if not check_for_updates(files):
+        return None
+    changed: list[Path] = []
+    for path, mtime in before.items():
+        try:
+            now = path.stat().st_mtime
+        except OSError:  # removed: watched again if a new worker imports it
+            del files[path]
+            changed.append(path)
+            continue
+        if now > mtime:
+            files[path] = now
+            changed.append(path)
+    return changed
 
 
 def _describe_statistics(statistics: dict[str, Any] | None) -> str:
@@ -440,9 +605,12 @@ def merge(sections: list[dict[str, Any]]) -> dict[str, Any]:
         for state, n in report["counts"].items():
             counts[state] = counts.get(state, 0) + n
     # The mode in force at the end: a worker that was idle may have finished
-    # its drain before a second signal cut the others.
+    # its drain before a second signal cut the others. Workers retired by a
+    # reload stopped for their own reason, earlier.
+    finals = [s["report"] for s in sections if s["report"] is not None and s["fate"] != "retired"]
     modes = sorted(
-        (r for r in reports if r["mode"] is not None), key=lambda r: r["mode"] != "cancel"
+        (r for r in finals or reports if r["mode"] is not None),
+        key=lambda r: r["mode"] != "cancel",
     )
     merged: dict[str, Any] = {
         "mode": modes[0]["mode"] if modes else None,
@@ -491,6 +659,11 @@ def run_workers(
         counts=merged["counts"],
     ).summary()
     line = f"{count} workers: {summary}"
+    if spec.reload:
+        line = (
+            f"{count} worker{'s' if count > 1 else ''}, {len(workers)} processes over "
+            f"{parent.generation} reloads: {summary}"
+        )
     if lost:
         line += (
             f"; {len(lost)} worker processes left no report, with "
