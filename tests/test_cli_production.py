@@ -59,6 +59,8 @@ async def test_two_workers_one_deadline_one_report(tmp_path: Path) -> None:
     assert (report["mode"], report["cause"]) == ("drain", "signal")
     assert {r["worker"] for r in report["cancelled"]} == {0, 1}
     assert "2 workers: background tasks (drain, timeout 1s, on signal): " in server.output
+    # The workers are ours: the line for Hypercorn's own workers stays out.
+    assert "is shutting this worker down" not in server.output
 
 
 async def test_a_dead_worker_is_logged_and_replaced(tmp_path: Path) -> None:

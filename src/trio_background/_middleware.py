@@ -40,6 +40,7 @@ import trio
 
 from ._asgi import EXCHANGE_KEY, MIDDLEWARE_KEY, ASGIApp, Message, Receive, Scope, Send
 from ._board import CUT_MARGIN
+from ._foreign import ServerShutdownWatch, server_shutdown_watch
 from ._runner import Runner
 from ._supervisor import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -712,6 +713,8 @@ class _Lifespan:
         self.send = send
         self.read_any = False
         self.nursery: trio.Nursery | None = None
+        # Under Hypercorn's own worker processes: a line when shutdown begins.
+        self.watch: ServerShutdownWatch | None = None
 
     async def _receive(self) -> Message:
         message = await self.receive()
@@ -730,6 +733,8 @@ class _Lifespan:
 
     async def _close(self) -> None:
         supervisor = self.middleware.supervisor
+        if self.watch is not None:
+            self.watch.catch_up(supervisor)
         if supervisor.board.runners:
             # App-level tasks (or batches the server left) still running: the
             # app is going away, so they are cut now, and counted, before the report.
@@ -756,18 +761,29 @@ class _Lifespan:
         self.middleware._trio_checked = True  # pyright: ignore[reportPrivateUsage]  # same module
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            self.middleware.supervisor.start(nursery)
+            supervisor = self.middleware.supervisor
+            supervisor.start(nursery)
+            self.watch = server_shutdown_watch()
+            if self.watch is not None:
+                nursery.start_soon(self.watch.run, supervisor)
             try:
-                await self.middleware.app(self.scope, self._receive, self.send)
-            except Exception:
-                if self.read_any:
-                    raise
-            else:
-                if self.read_any:
-                    return
-            # Raised or returned before reading: the app does not support lifespan.
-            logger.debug("the app does not support lifespan; trio-background answers it")
-            await self._answer_alone()
+                await self._serve()
+            finally:
+                if self.watch is not None:
+                    self.watch.stop()
+
+    async def _serve(self) -> None:
+        try:
+            await self.middleware.app(self.scope, self._receive, self.send)
+        except Exception:
+            if self.read_any:
+                raise
+        else:
+            if self.read_any:
+                return
+        # Raised or returned before reading: the app does not support lifespan.
+        logger.debug("the app does not support lifespan; trio-background answers it")
+        await self._answer_alone()
 
     async def _answer_alone(self) -> None:
         while True:

@@ -1,8 +1,9 @@
 """A Hypercorn config for plain ``hypercorn``: the trio worker, and our log lines shown.
 
 Hypercorn sets up only its own loggers, so the INFO lines of the
-``trio_background`` logger (the shutdown report when every task completed)
-go nowhere under plain ``hypercorn``. Load this module as Hypercorn's config::
+``trio_background`` logger (the line when a worker's shutdown begins, and the
+shutdown report when every task completed) go nowhere under plain
+``hypercorn``. Load this module as Hypercorn's config::
 
     hypercorn --config python:trio_background.hypercorn_config MODULE:APP
 
