@@ -150,7 +150,7 @@ async def test_a_change_reloads_while_the_old_workers_task_finishes(tmp_path: Pa
     assert [s["report"]["cause"] for s in report["workers"]] == ["reload", "signal"]
     assert report["cause"] == "signal"
     assert report["lost"] == []
-    assert "1 worker, 2 processes over 1 reloads: background tasks (drain, timeout 5s, on " \
+    assert "1 worker, 2 processes over 1 reload: background tasks (drain, timeout 5s, on " \
         "signal): 2 total: 2 completed" in server.output  # fmt: skip
 
 

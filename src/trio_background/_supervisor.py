@@ -427,12 +427,14 @@ class Supervisor:
                 raw.overrun,
                 raw.request,
             )
+        open_now = len(board.runners)
         logger.info(
-            "shutdown: %s (%d batches open; batches opened later share the deadline)",
+            "shutdown: %s (%d %s open; batches opened later share the deadline)",
             "cancelling background tasks now"
             if mode == "cancel"
             else f"draining background tasks for up to {timeout:g}s",
-            len(board.runners),
+            open_now,
+            "batch" if open_now == 1 else "batches",
         )
         if self._observers:
             self._observers.shutdown_begun(deadline - now)

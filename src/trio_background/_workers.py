@@ -662,7 +662,7 @@ def run_workers(
     if spec.reload:
         line = (
             f"{count} worker{'s' if count > 1 else ''}, {len(workers)} processes over "
-            f"{parent.generation} reloads: {summary}"
+            f"{parent.generation} reload{'s' if parent.generation != 1 else ''}: {summary}"
         )
     if lost:
         line += (
