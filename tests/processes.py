@@ -29,12 +29,19 @@ class Server:
         """The first match of ``pattern`` in stderr (``new``: after the last match)."""
         assert self.process.stderr is not None
         start = self._seen if new else 0
-        with trio.fail_after(30):
-            while (match := re.compile(pattern).search(self.output, start)) is None:
-                chunk = await self.process.stderr.receive_some()
-                if not chunk:
-                    raise AssertionError(f"process ended before {pattern!r}:\n{self.output}")
-                self.output += chunk.decode()
+        try:
+            with trio.fail_after(30):
+                while (match := re.compile(pattern).search(self.output, start)) is None:
+                    chunk = await self.process.stderr.receive_some()
+                    if not chunk:
+                        raise AssertionError(f"process ended before {pattern!r}:\n{self.output}")
+                    self.output += chunk.decode()
+        except trio.TooSlowError:
+            # Say what the process did print, and leave no process behind
+            # for the next test to trip over.
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError(f"no {pattern!r} within 30 s:\n{self.output}") from None
         self._seen = match.end()
         return match
 
