@@ -75,12 +75,18 @@ app = BackgroundTasksMiddleware(
 """
 
 
-def write_app(folder: Path, text: str) -> None:
-    """(Re)write the module, its modification time two seconds past the last one."""
+def write_app(folder: Path, text: str, *, seconds: int = 2) -> None:
+    """(Re)write the module, its modification time ``seconds`` past the last one.
+
+    As an editor saves: the new file is written beside it, then put in its
+    place, so no one sees it half written.
+    """
     path = folder / "reload_app.py"
     before = path.stat().st_mtime_ns if path.exists() else time.time_ns()
-    path.write_text(text)
-    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+    new = folder / "reload_app.py.new"
+    new.write_text(text)
+    os.utime(new, ns=(before + seconds * 1_000_000_000,) * 2)
+    new.replace(path)
 
 
 async def serve(folder: Path, *args: str) -> tuple[Server, str]:
@@ -174,6 +180,17 @@ async def test_an_edit_that_cannot_start_leaves_the_old_code_serving(tmp_path: P
     assert [s["fate"] for s in report["workers"]] == ["retired", "no report", "exited"]
     assert report["lost"] == []
     assert "exited before it was ready: stopping" not in server.output
+
+
+async def test_a_file_put_back_with_an_older_time_reloads_too(tmp_path: Path) -> None:
+    # cp -p, or an editor restoring a backup: the time moves back, not forward.
+    server, url = await serve(tmp_path)
+    assert await version(url) == "one"
+    write_app(tmp_path, APP.format(version="two"), seconds=-60)
+    await server.wait_for(r"reload: worker 0 \(pid \d+\) serves the new code")
+    await wait_for_version(url, "two")
+    server.process.send_signal(signal.SIGINT)
+    assert await server.finish() == 0, server.output
 
 
 async def test_in_cancel_mode_a_reload_cancels_the_old_workers_task(tmp_path: Path) -> None:

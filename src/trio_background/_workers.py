@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.utils import check_for_updates, files_to_watch
+from hypercorn.utils import files_to_watch
 
 from ._board import WORKER
 from ._cli import leave
@@ -567,23 +567,23 @@ class _Parent:
 def _changed_files(files: dict[Path, float]) -> list[Path] | None:
     """The watched files changed since the last look (None: none), and look again from now.
 
-    Hypercorn's ``check_for_updates`` answers whether one did; this names them.
+    A file changed when its modification time is another than last seen, in
+    either direction (``cp -p`` or an editor restoring a backup can move it
+    back; Hypercorn's ``check_for_updates`` only sees it move forward), or it
+    is gone (then it is watched again once a new worker imports it).
     """
-    before = dict(files)
-    if not check_for_updates(files):
-        return None
     changed: list[Path] = []
-    for path, mtime in before.items():
+    for path, seen in list(files.items()):
         try:
-            now = path.stat().st_mtime
-        except OSError:  # removed: watched again if a new worker imports it
+            mtime = path.stat().st_mtime
+        except OSError:
             del files[path]
             changed.append(path)
             continue
-        if now > mtime:
-            files[path] = now
+        if mtime != seen:
+            files[path] = mtime
             changed.append(path)
-    return changed
+    return changed or None
 
 
 def _describe_statistics(statistics: dict[str, Any] | None) -> str:
