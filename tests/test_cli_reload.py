@@ -45,7 +45,7 @@ async def version(request):
 async def wait_for_file(path):
     print(f"task waiting started in {{os.getpid()}}", file=sys.stderr, flush=True)
     while not os.path.exists(path):  # the test creates it
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # the task waits for the test: a file, from another process
 
 
 async def task(request):
