@@ -301,7 +301,7 @@ class _Parent:
         # The ready worker that serves each index (retired ones are not here).
         self.serving: dict[int, _Worker] = {}
         self.generation = 0  # one more at each --reload change
-        self.shutting_down = False
+        # Set at the first signal (or when the server cannot start): shutdown.
         self.stopped = trio.Event()
         self.failed = False
         self.exit_by = float("inf")
@@ -310,6 +310,10 @@ class _Parent:
         # Files ready workers imported, for the watcher to add (--reload).
         self.new_files: dict[Path, float] = {}
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.stopped.is_set()
 
     def spawn(self, index: int) -> _Worker:
         ours, theirs = self.context.Pipe()
@@ -444,8 +448,7 @@ class _Parent:
         arrived = time.monotonic()
         worker.send("retire", arrived)
         worker.kill_at = trio_time_of(arrived) + self._deadline_in([worker]) + KILL_AFTER
-        self.exit_changed.set()
-        self.exit_changed = trio.Event()
+        self._deadlines_changed()
 
     def reload(self, changed: list[Path]) -> None:
         """Start a new generation of workers for the edited code."""
@@ -480,7 +483,6 @@ class _Parent:
         """The first signal, which arrived at ``arrived`` (monotonic; None: now)."""
         if self.shutting_down:
             return
-        self.shutting_down = True
         self.stopped.set()
         self.signal_at = time.monotonic() if arrived is None else arrived
         for worker in self.live:
@@ -508,6 +510,10 @@ class _Parent:
     def _exit_within(self, seconds: float, arrived: float | None) -> None:
         start = trio.current_time() if arrived is None else trio_time_of(arrived)
         self.exit_by = min(self.exit_by, start + seconds)
+        self._deadlines_changed()
+
+    def _deadlines_changed(self) -> None:
+        """Wake :meth:`kill_late`: the exit deadline or a retired worker's moved."""
         self.exit_changed.set()
         self.exit_changed = trio.Event()
 
